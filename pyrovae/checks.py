@@ -1,0 +1,46 @@
+"""Argument checks that fail early with a message naming the argument, what was expected and what came."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def shape(name: str, value) -> tuple:
+    """An int (flat data) or a tuple of positive ints → a tuple."""
+    dims = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}") from None
+    if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in dims):
+        raise ValueError(f"{name} must be a positive int or a tuple of positive ints, got {value!r}")
+    return tuple(int(d) for d in dims)
+
+
+def data_tensor(x, event_shape: tuple, name: str = "x") -> torch.Tensor:
+    """Check that ``x`` is a finite floating tensor of shape ``[batch, *event_shape]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [batch, {', '.join(map(str, event_shape))}], "
+                        f"got {type(x).__name__}")
+    if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, event_shape))}], "
+                         f"got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
+    return x

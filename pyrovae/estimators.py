@@ -1,0 +1,244 @@
+"""ELBO and log-likelihood estimators, per datapoint, in nats.
+
+Every estimator takes a Pyro ``model`` and ``guide`` that both take a batch ``x`` (first dimension
+the batch, inside a ``pyro.plate`` over it) — a :class:`pyrovae.VAE`'s ``vae.model``/``vae.guide``
+or any pair written by hand — and returns a tensor of shape ``[batch]``: one log-probability per
+datapoint (ELBO ≤ log p(x); negative for images).
+
+With r particles z⁽ʲ⁾ ~ q(z|x) drawn in one vectorized pass (an outer plate over particles),
+the log importance weight of datapoint i is
+
+    log w_ij = Σ_{model sites} log p(· | ·) − Σ_{guide sites} log q(· | ·)
+             = log p(x_i, z_ij) − log q(z_ij | x_i),
+
+and ``mc_elbo`` = 1/r Σ_j log w_ij (what Trace_ELBO computes), ``iwae_bound`` =
+log 1/k Σ_j w_ij (Burda et al. 2015), ``analytic_elbo`` replaces log p(z) − log q(z) by −KL(q ‖ p)
+at every latent site whose KL has a closed form (as TraceMeanField_ELBO does).
+
+The estimators give the ELBO of the model itself: site scales (``poutine.scale``, a plate's
+subsample scaling to the data-set size) are ignored; masks are honoured. A log-density of a
+site outside the data plate is shared equally among the datapoints.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from torch.distributions import kl_divergence
+
+from . import checks
+
+PARTICLES = "_num_particles_vectorized"
+#: particles × batch rows evaluated at once by the chunked estimators (bounds memory).
+MAX_ROWS = 32768
+
+
+# -- tracing ------------------------------------------------------------------------------------
+def _traces(model, guide, x):
+    """Guide trace, and the model's trace replayed on the guide's draws."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    return model_trace, guide_trace
+
+
+def _particle_traces(model, guide, x, num_particles: int, max_plate_nesting: int):
+    """:func:`_traces` with ``num_particles`` draws vectorized in a plate left of all others."""
+    with pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1)):
+        return _traces(model, guide, x)
+
+
+def _sample_sites(trace) -> Dict[str, dict]:
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample"}
+
+
+def _plate_nesting(model, guide, x) -> int:
+    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it)."""
+    model_trace, guide_trace = _traces(model, guide, x)
+    dims = [-f.dim for tr in (model_trace, guide_trace) for s in _sample_sites(tr).values()
+            for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
+    return max(dims, default=0)
+
+
+class _Layout:
+    """Where the particle and data dimensions sit in a site's batch shape."""
+
+    def __init__(self, model_trace, batch: int, nesting: int, data_plate: Optional[str]):
+        self.batch, self.nesting = batch, nesting
+        self.data_dim = self._find_data_dim(model_trace, data_plate)
+
+    def _find_data_dim(self, model_trace, data_plate):
+        found = {}
+        for site in _sample_sites(model_trace).values():
+            if not site["is_observed"]:
+                continue
+            for f in site["cond_indep_stack"]:
+                if f.vectorized and f.name != PARTICLES and site["fn"].batch_shape[f.dim] == self.batch:
+                    found[f.name] = f.dim
+        if data_plate is not None:
+            if data_plate not in found:
+                raise ValueError(f"data_plate {data_plate!r} is not a plate of size {self.batch} around an "
+                                 f"observed site; plates found: {sorted(found) or 'none'}")
+            return found[data_plate]
+        if len(found) == 1:
+            return next(iter(found.values()))
+        if "data" in found:
+            return found["data"]
+        raise ValueError(
+            f"could not tell which plate runs over the batch of {self.batch}: the model's observed sites "
+            f"must be inside a pyro.plate over x's first dimension; candidates {sorted(found) or 'none'} "
+            f"(pass data_plate=NAME)")
+
+    def per_datapoint(self, log_density: torch.Tensor) -> torch.Tensor:
+        """Reduce a site's log-density (batch-shaped) to ``[particles, batch]``."""
+        t = log_density.reshape((1,) * (self.nesting + 1 - log_density.dim()) + log_density.shape)
+        data_axis = self.nesting + 1 + self.data_dim
+        other = [a for a in range(1, t.dim()) if a != data_axis]
+        t = t.sum(other) if other else t
+        if t.shape[-1] != self.batch:
+            t = t / self.batch  # a site outside the data plate: shared among the datapoints
+        return t.expand(t.shape[0], self.batch)
+
+
+def _log_density(site) -> torch.Tensor:
+    return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+
+
+def _kl_or_none(guide_site, model_site):
+    """KL(q ‖ p) in closed form where one is registered for the pair, else None."""
+    if model_site is None or model_site["is_observed"]:
+        return None
+    try:
+        kl = kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+    return scale_and_mask(kl, mask=guide_site["mask"])
+
+
+# -- the log weights ------------------------------------------------------------------------------
+def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
+    """Per-datapoint terms of the ELBO, [particles, batch] each, and the analytic sites' names."""
+    model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
+    terms, analytic_names = [], []
+    for name, site in guide_sites.items():
+        kl = _kl_or_none(site, model_sites.get(name)) if analytic else None
+        if kl is None:
+            terms.append(-layout.per_datapoint(_log_density(site)))
+        else:
+            terms.append(-layout.per_datapoint(kl))
+            analytic_names.append(name)
+    for name, site in model_sites.items():
+        if name not in analytic_names:
+            terms.append(layout.per_datapoint(_log_density(site)))
+    return terms, analytic_names
+
+
+def _chunked_terms(model, guide, x, num_particles, analytic, data_plate, chunk_size=None
+                   ) -> Iterator[Tuple[torch.Tensor, List[str]]]:
+    """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles."""
+    checks.positive_int("num_particles", num_particles)
+    batch = x.shape[0]
+    nesting = _plate_nesting(model, guide, x)
+    chunk = chunk_size or max(1, MAX_ROWS // max(batch, 1))
+    for start in range(0, num_particles, chunk):
+        n = min(chunk, num_particles - start)
+        model_trace, guide_trace = _particle_traces(model, guide, x, n, nesting)
+        layout = _Layout(model_trace, batch, nesting, data_plate)
+        terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
+        yield sum(terms), names
+
+
+def log_weights(model, guide, x, num_particles: int = 1, *, analytic: bool = False,
+                data_plate: Optional[str] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """log w = log p(x, z) − log q(z|x) for r particles z ~ q(z|x): shape ``[r, batch]``.
+
+    With ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
+    """
+    return torch.cat([t for t, _ in _chunked_terms(model, guide, x, num_particles, analytic,
+                                                   data_plate, chunk_size)])
+
+
+# -- the estimators --------------------------------------------------------------------------------
+def mc_elbo(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> torch.Tensor:
+    """Monte Carlo ELBO, [batch]: 1/r Σ_j [log p(x, z_j) − log q(z_j|x)], z_j ~ q(z|x).
+
+    The estimate Trace_ELBO computes (without site scales), r = ``num_particles`` per datapoint.
+    """
+    return log_weights(model, guide, x, num_particles, data_plate=data_plate).mean(0)
+
+
+def analytic_elbo(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> torch.Tensor:
+    """ELBO with closed-form KL terms, [batch]: 1/r Σ_j log p(x|z_j) − KL(q(z|x) ‖ p(z)).
+
+    Latent sites whose (guide, prior) pair has a registered ``kl_divergence`` use it (as
+    TraceMeanField_ELBO does); the others are estimated by Monte Carlo. See :func:`analytic_sites`.
+    """
+    return log_weights(model, guide, x, num_particles, analytic=True, data_plate=data_plate).mean(0)
+
+
+def analytic_sites(model, guide, x, *, data_plate: Optional[str] = None) -> List[str]:
+    """Names of the latent sites whose KL :func:`analytic_elbo` computes in closed form."""
+    with torch.no_grad():
+        _, names = next(_chunked_terms(model, guide, x, 1, True, data_plate))
+    return names
+
+
+def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional[str] = None,
+               chunk_size: Optional[int] = None, grad: bool = False) -> torch.Tensor:
+    """Importance-weighted bound log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x): shape [batch].
+
+    Burda et al. (2015): ELBO = IWAE_1 ≤ IWAE_k ≤ IWAE_{k+1} ≤ log p(x), → log p(x) as k → ∞.
+    The k samples are processed in chunks of ``chunk_size`` (default: about 32768 particle × batch
+    rows at a time) with a running log-sum-exp, so memory stays bounded for k = 5000. Runs without
+    gradients unless ``grad=True`` (to train on it, use ``RenyiELBO(alpha=0)``).
+    """
+    total = None
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        for lw, _ in _chunked_terms(model, guide, x, num_samples, False, data_plate, chunk_size):
+            lse = torch.logsumexp(lw, 0)
+            total = lse if total is None else torch.logaddexp(total, lse)
+    return total - math.log(num_samples)
+
+
+def closed_form_elbo(vae, x, num_particles: int = 1, *, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The lecture notes' loss, written by hand with no Pyro inference code: shape [batch].
+
+    ELBO(x) = 1/r Σ_j log p(x | z_j) − KL,   z_j = μ + σ ⊙ ε_j,  ε_j ~ N(0, I)
+    KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_l (μ_l² + σ_l² − log σ_l² − 1)
+
+    log p(x|z) is the likelihood's hand-written density (minus the binary cross-entropy for
+    Bernoulli, the Gaussian log-density for Gaussian, ...). Needs ``prior="normal"`` and
+    ``guide="diagonal"``; ``eps`` [r, batch, L] fixes the noise (drawn like Pyro's ``rsample``
+    otherwise, so a shared seed gives Pyro's draws).
+    """
+    _require_closed_form(vae)
+    vae.check_data(x)
+    q = vae.family.params(vae.encoder(x))
+    mu, sigma = q["loc"], q["scale"]
+    if eps is None:
+        eps = torch.empty((checks.positive_int("num_particles", num_particles),) + mu.shape,
+                          dtype=mu.dtype, device=mu.device).normal_()
+    z = mu + sigma * eps
+    recon = vae.likelihood.log_density(vae._decoder_out(vae.decoder(z)), x)
+    kl = 0.5 * (mu ** 2 + sigma ** 2 - torch.log(sigma ** 2) - 1).sum(-1)
+    return recon.mean(0) - kl
+
+
+def _require_closed_form(vae):
+    from .guides import DiagonalNormal
+    from .likelihoods import Likelihood
+    from .priors import StandardNormal
+
+    problems = []
+    if type(vae.prior) is not StandardNormal:
+        problems.append(f"prior {getattr(vae.prior, 'registry_name', type(vae.prior).__name__)!r} (needs 'normal')")
+    if type(vae.family) is not DiagonalNormal:
+        problems.append(f"guide {getattr(vae.family, 'registry_name', type(vae.family).__name__)!r} (needs 'diagonal')")
+    if type(vae.likelihood).log_density is Likelihood.log_density:
+        problems.append(f"likelihood {type(vae.likelihood).__name__} (no hand-written density)")
+    if problems:
+        raise ValueError("closed_form_elbo has no closed form for " + "; ".join(problems))

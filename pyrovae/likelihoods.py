@@ -1,0 +1,213 @@
+"""Likelihoods p(x|z): the observation model on top of the decoder f_θ(z).
+
+The decoder returns ``out`` of shape ``[..., P, *input_shape]`` where ``P = num_params`` is the
+number of numbers per pixel the likelihood needs (1 for the mean alone, 2 for a mean and a
+scale). A likelihood turns it into a distribution whose ``event_shape`` is ``input_shape``:
+
+=====================  ===========================================================
+``bernoulli``          Bernoulli(sigmoid(f_θ(z))), through logits
+``continuous-bernoulli``  ContinuousBernoulli(sigmoid(f_θ(z))) (Loaiza-Ganem & Cunningham 2019)
+``gaussian``           N(μ_x(z), σ² I) with a fixed σ
+``gaussian-learned``   N(μ_x(z), diag σ²) with one learned σ per pixel
+``gaussian-decoder``   N(μ_x(z), diag σ_x²(z)), σ_x(z) = σ_min + softplus(g_θ(z))
+``laplace``            Laplace(μ_x(z), b) with a fixed (or learned per-pixel) b
+=====================  ===========================================================
+
+Each also writes its log-density by hand (``log_density``), with no ``torch.distributions``:
+the reconstruction term of the lecture notes' closed-form loss.
+
+Bernoulli and continuous Bernoulli accept intensities in [0, 1] as *relaxed* targets (the usual
+practice with MNIST intensities: log p = Σ x log λ + (1 − x) log(1 − λ), the negative binary
+cross-entropy); they are proper likelihoods only for binarized x.
+"""
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checks
+from .registry import Registry
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Likelihood(nn.Module):
+    """Base class. ``forward(out)`` → distribution with ``event_shape == input_shape``."""
+
+    num_params = 1
+
+    def __init__(self, input_shape: tuple):
+        super().__init__()
+        self.input_shape = checks.shape("input_shape", input_shape)
+
+    def params(self, out: torch.Tensor) -> dict:
+        """Named parameters of p(x|z) from the decoder output ``out`` [..., P, *input_shape]."""
+        raise NotImplementedError
+
+    def distribution(self, **params):
+        raise NotImplementedError
+
+    def forward(self, out: torch.Tensor):
+        return self.distribution(**self.params(out)).to_event(len(self.input_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[x|z], shape [..., *input_shape]."""
+        return self.distribution(**self.params(out)).mean
+
+    def log_density(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) written by hand, summed over pixels: shape [...]."""
+        raise NotImplementedError(f"the {self.registry_name} likelihood has no hand-written density")
+
+    def check_support(self, x: torch.Tensor) -> None:
+        """Raise ValueError if ``x`` is outside the likelihood's support."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def _channel(self, out: torch.Tensor, i: int) -> torch.Tensor:
+        """The i-th of the P numbers per pixel: [..., P, *input_shape] → [..., *input_shape]."""
+        return out.select(-len(self.input_shape) - 1, i)
+
+    def _sum_pixels(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(-len(self.input_shape)).sum(-1)
+
+
+class UnitIntervalLikelihood(Likelihood):
+    """Likelihoods on [0, 1] parameterised by logits l = f_θ(z)."""
+
+    def params(self, out):
+        return {"logits": self._channel(out, 0)}
+
+    def check_support(self, x):
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"x must lie in [0, 1] for the {self.registry_name} likelihood (binary pixels, or "
+                f"intensities as relaxed targets), got values in [{lo:.4g}, {hi:.4g}]"
+            )
+
+    def _bernoulli_part(self, logits, x):
+        # x log σ(l) + (1 − x) log(1 − σ(l)) = x l − softplus(l): minus the binary cross-entropy
+        return x * logits - F.softplus(logits)
+
+
+LIKELIHOODS = Registry("likelihood", Likelihood)
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(UnitIntervalLikelihood):
+    """p(x|z) = Π_d Bernoulli(x_d; sigmoid(f_θ(z)_d))."""
+
+    def distribution(self, logits):
+        return dist.Bernoulli(logits=logits, validate_args=False)  # relaxed targets allowed
+
+    def log_density(self, out, x):
+        return self._sum_pixels(self._bernoulli_part(self.params(out)["logits"], x))
+
+    def describe(self):
+        return "Bernoulli(sigmoid(f_θ(z)))"
+
+
+@LIKELIHOODS.register("continuous-bernoulli")
+class ContinuousBernoulliLikelihood(UnitIntervalLikelihood):
+    """p(x|z) = Π_d C(λ_d) λ_d^x (1 − λ_d)^(1−x), λ = sigmoid(f_θ(z)), C(λ) = l / tanh(l/2)."""
+
+    def distribution(self, logits):
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False)
+
+    def log_density(self, out, x):
+        logits = self.params(out)["logits"]
+        safe = torch.where(logits.abs() < 1e-3, torch.ones_like(logits), logits)
+        log_c = torch.where(logits.abs() < 1e-3, math.log(2.0) + logits**2 / 12,
+                            torch.log(safe / torch.tanh(safe / 2)))
+        return self._sum_pixels(self._bernoulli_part(logits, x) + log_c)
+
+    def describe(self):
+        return "ContinuousBernoulli(sigmoid(f_θ(z)))"
+
+
+class LocScaleLikelihood(Likelihood):
+    """Location-scale likelihoods: loc = f_θ(z); the scale is fixed, learned or decoded."""
+
+    family = None  # a torch distribution class with (loc, scale)
+
+    def __init__(self, input_shape, scale: float = 0.1, learn_scale: bool = False):
+        super().__init__(input_shape)
+        log_scale = torch.full(self.input_shape, math.log(checks.positive_float("scale", scale)))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def scale(self, out):
+        return self.log_scale.exp().expand(out.shape[:-len(self.input_shape) - 1] + self.input_shape)
+
+    def params(self, out):
+        return {"loc": self._channel(out, 0), "scale": self.scale(out)}
+
+    def distribution(self, loc, scale):
+        return self.family(loc, scale)
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(LocScaleLikelihood):
+    """p(x|z) = N(x; μ_x(z), σ² I), σ fixed (``scale``)."""
+
+    family = dist.Normal
+
+    def log_density(self, out, x):
+        p = self.params(out)
+        return self._sum_pixels(-0.5 * ((x - p["loc"]) / p["scale"]) ** 2 - p["scale"].log() - 0.5 * LOG_2PI)
+
+    def describe(self):
+        return f"N(μ_x(z), σ² I), σ = {self.log_scale.exp().flatten()[0].item():.3g}"
+
+
+@LIKELIHOODS.register("gaussian-learned")
+class LearnedGaussianLikelihood(GaussianLikelihood):
+    """p(x|z) = N(x; μ_x(z), diag σ²) with one learned σ_d per pixel (initialised at ``scale``)."""
+
+    def __init__(self, input_shape, scale: float = 0.1):
+        super().__init__(input_shape, scale, learn_scale=True)
+
+    def describe(self):
+        return "N(μ_x(z), diag σ²), σ learned per pixel"
+
+
+@LIKELIHOODS.register("gaussian-decoder")
+class DecodedGaussianLikelihood(GaussianLikelihood):
+    """p(x|z) = N(x; μ_x(z), diag σ_x²(z)): the decoder predicts both, σ_x = σ_min + softplus(g).
+
+    The floor ``min_scale`` keeps the density bounded: without it the likelihood of a constant
+    pixel runs to infinity as σ → 0.
+    """
+
+    num_params = 2
+
+    def __init__(self, input_shape, min_scale: float = 0.01):
+        super().__init__(input_shape)
+        self.min_scale = checks.positive_float("min_scale", min_scale)
+
+    def scale(self, out):
+        return self.min_scale + F.softplus(self._channel(out, 1))
+
+    def describe(self):
+        return f"N(μ_x(z), diag σ_x²(z)), σ_x ≥ {self.min_scale:g}"
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(LocScaleLikelihood):
+    """p(x|z) = Π_d Laplace(x_d; μ_x(z)_d, b), b fixed at ``scale`` or learned per pixel."""
+
+    family = dist.Laplace
+
+    def log_density(self, out, x):
+        p = self.params(out)
+        return self._sum_pixels(-(x - p["loc"]).abs() / p["scale"] - torch.log(2 * p["scale"]))
+
+    def describe(self):
+        return "Laplace(μ_x(z), b)"

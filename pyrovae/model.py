@@ -1,0 +1,194 @@
+"""The VAE as a Pyro model/guide pair.
+
+Generative model (``model``), for each datapoint i of the plate ``data``::
+
+    z_i ~ p(z)                      prior, event_shape [L]
+    x_i ~ p(x | f_θ(z_i))           likelihood, event_shape input_shape
+
+Guide (``guide``), the variational family, amortised by the encoder::
+
+    z_i ~ q_φ(z | x_i) = family(e_φ(x_i))     reparameterized
+
+Shapes: x is ``[batch, *input_shape]``; z is ``[batch, L]`` (``[particles, batch, L]`` when an
+ELBO vectorizes particles). Training maximises the ELBO
+E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) ≤ log p(x) with any Pyro ELBO.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import pyro
+import torch
+from torch import nn
+
+from . import checks
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .nets import NETS
+from .priors import PRIORS
+
+
+class VAE(nn.Module):
+    """A variational autoencoder: ``vae.model(x)`` and ``vae.guide(x)`` for ``pyro.infer.SVI``.
+
+    Args:
+        input_shape: an int (flat data) or a tuple such as ``(28, 28)``; x is ``[batch, *input_shape]``.
+        latent_dim: L, the size of z.
+        prior, likelihood, guide: a registered name (see ``PRIORS``, ``LIKELIHOODS``, ``GUIDES``)
+            or a component object; ``*_options`` are the named component's constructor options.
+        hidden, activation, net: the built-in networks (``net`` is ``"mlp"`` or ``"conv"``).
+        encoder, decoder: any ``nn.Module`` of shapes ``[..., *input_shape] -> [..., H]`` and
+            ``[..., L] -> [..., P, *input_shape]`` instead of the built-in ones.
+        num_data: if given, the data plate has this size and a minibatch's log-densities are
+            scaled by ``num_data / batch`` so the ELBO is that of the whole data set.
+    """
+
+    def __init__(self, input_shape: Union[int, Sequence[int]], latent_dim: int, *,
+                 prior="normal", likelihood="bernoulli", guide="diagonal",
+                 hidden=(400,), activation: Optional[str] = None, net: str = "mlp",
+                 encoder: Optional[nn.Module] = None, decoder: Optional[nn.Module] = None,
+                 prior_options=None, likelihood_options=None, guide_options=None,
+                 num_data: Optional[int] = None):
+        super().__init__()
+        self.input_shape = checks.shape("input_shape", input_shape)
+        self.latent_dim = checks.positive_int("latent_dim", latent_dim)
+        self.num_data = None if num_data is None else checks.positive_int("num_data", num_data)
+        self.likelihood = LIKELIHOODS.build(likelihood, likelihood_options, input_shape=self.input_shape)
+        self.encoder, self.decoder = self._networks(net, hidden, activation, encoder, decoder)
+        self.family = GUIDES.build(guide, guide_options, latent_dim=self.latent_dim,
+                                   feature_dim=self._feature_dim())
+        self.prior = PRIORS.build(prior, prior_options, latent_dim=self.latent_dim, input_shape=self.input_shape)
+        self.prior.attach(self)
+        self._check_decoder()
+
+    # -- construction ---------------------------------------------------------------------
+    def _networks(self, net, hidden, activation, encoder, decoder):
+        if net not in NETS:
+            raise ValueError(f"unknown net {net!r}; expected one of {', '.join(sorted(NETS))}")
+        for name, module in (("encoder", encoder), ("decoder", decoder)):
+            if module is not None and not isinstance(module, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+        if encoder is not None and decoder is not None:
+            return encoder, decoder
+        default_enc, default_dec = NETS[net](self.input_shape, self.latent_dim, self.likelihood.num_params,
+                                             hidden=hidden, activation=activation)
+        return encoder or default_enc, decoder or default_dec
+
+    def _probe(self, module, shape):
+        param = next(module.parameters(), None)
+        like = torch.zeros(()) if param is None else param
+        with torch.no_grad():
+            return module(like.new_zeros((2,) + shape))
+
+    def _feature_dim(self) -> int:
+        h = self._probe(self.encoder, self.input_shape)
+        if h.dim() != 2 or h.shape[0] != 2:
+            raise ValueError(f"encoder must map [batch, {', '.join(map(str, self.input_shape))}] to "
+                             f"[batch, features], got output shape {list(h.shape)} for a batch of 2")
+        return h.shape[-1]
+
+    def _check_decoder(self):
+        self._decoder_out(self._probe(self.decoder, (self.latent_dim,)))
+
+    # -- the pieces -------------------------------------------------------------------------
+    def _decoder_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Bring a decoder output to ``[..., P, *input_shape]`` (accepts flat or P-less forms)."""
+        P, shape = self.likelihood.num_params, self.input_shape
+        full = (P,) + shape
+        n = len(full)
+        if tuple(out.shape[-n:]) == full:
+            return out
+        if P == 1 and tuple(out.shape[-len(shape):]) == shape:
+            return out.unsqueeze(-len(shape) - 1)
+        if out.shape[-1] == math.prod(full):
+            return out.unflatten(-1, full)
+        raise ValueError(f"decoder output must end in {list(full)} (or {math.prod(full)} flat) for the "
+                         f"{self.likelihood.registry_name} likelihood, got shape {list(out.shape)}")
+
+    def posterior(self, x: torch.Tensor):
+        """q_φ(z|x): a distribution with batch_shape ``x.shape[:-len(input_shape)]``, event [L]."""
+        return self.family(self.encoder(x))
+
+    def likelihood_of(self, z: torch.Tensor):
+        """p(x|z): a distribution with batch_shape ``z.shape[:-1]``, event ``input_shape``."""
+        return self.likelihood(self._decoder_out(self.decoder(z)))
+
+    def check_data(self, x) -> torch.Tensor:
+        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support."""
+        checks.data_tensor(x, self.input_shape)
+        self.likelihood.check_support(x)
+        return x
+
+    def _plate(self, x):
+        n = x.shape[0]
+        if self.num_data is None:
+            return pyro.plate("data", n)
+        return pyro.plate("data", self.num_data, subsample=torch.arange(n, device=x.device))
+
+    # -- Pyro model and guide ----------------------------------------------------------------
+    def model(self, x: torch.Tensor) -> None:
+        """p(z) p(x|z): registers decoder, likelihood and prior; observes x [batch, *input_shape]."""
+        self.check_data(x)
+        pyro.module("decoder", self.decoder)
+        pyro.module("likelihood", self.likelihood)
+        pyro.module("prior", self.prior)
+        if self.prior.uses_encoder:
+            self._register_encoder()
+        with self._plate(x):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood_of(z), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q_φ(z|x): registers the encoder and family, samples z by reparameterization."""
+        self.check_data(x)
+        self._register_encoder()
+        with self._plate(x):
+            pyro.sample("z", self.posterior(x))
+
+    def _register_encoder(self):
+        pyro.module("encoder", self.encoder)
+        pyro.module("family", self.family)
+
+    # -- what one does with a trained VAE ----------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> dict:
+        """The parameters of q(z|x) — the latent factors of x: ``loc`` [batch, L] and the family's spread."""
+        self.check_data(x)
+        return self.family.params(self.encoder(x))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> dict:
+        """The parameters of p(x|z) for z [..., L], e.g. ``logits`` or ``loc``/``scale`` [..., *input_shape]."""
+        return self.likelihood.params(self._decoder_out(self.decoder(z)))
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z], shape [..., *input_shape]."""
+        return self.likelihood.mean(self._decoder_out(self.decoder(z)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = μ_φ(x)]: the decoder mean at the posterior mean, shape of x."""
+        return self.decode_mean(self.encode(x)["loc"])
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = True) -> torch.Tensor:
+        """n new x: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z). Shape [n, *input_shape]."""
+        z = self.prior().sample((checks.positive_int("n", n),))
+        return self.decode_mean(z) if mean else self.likelihood_of(z).sample()
+
+    def describe(self) -> str:
+        """The model in the lecture notes' notation."""
+        return "\n".join([
+            f"p(z)   = {self.prior.describe()}",
+            f"p(x|z) = {self.likelihood.describe()}",
+            f"q(z|x) = {self.family.describe()}",
+            f"x ∈ R^{'×'.join(map(str, self.input_shape))}, z ∈ R^{self.latent_dim}",
+        ])
+
+    def extra_repr(self) -> str:
+        return self.describe()
+
+    def __str__(self) -> str:
+        return "VAE\n" + self.describe()
