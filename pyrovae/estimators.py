@@ -28,6 +28,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import kl_divergence
 
 from . import checks
@@ -57,8 +58,17 @@ def _sample_sites(trace) -> Dict[str, dict]:
 
 
 def _plate_nesting(model, guide, x) -> int:
-    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it)."""
-    model_trace, guide_trace = _traces(model, guide, x)
+    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it).
+
+    Runs the pair once without touching the random state, so a seed set before an estimator
+    gives the same draws as the same seed before one of Pyro's ELBOs.
+    """
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            model_trace, guide_trace = _traces(model, guide, x)
+    finally:
+        set_rng_state(state)
     dims = [-f.dim for tr in (model_trace, guide_trace) for s in _sample_sites(tr).values()
             for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
     return max(dims, default=0)

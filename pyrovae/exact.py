@@ -12,7 +12,7 @@ Each model comes as a Pyro ``model(x)`` / ``guide(x)`` pair with the latent site
 observed site ``"x"`` inside ``pyro.plate("data", N)``.
 """
 
-import math
+import functools
 
 import numpy as np
 import pyro
@@ -182,6 +182,12 @@ def _check_interval(a, b):
         raise ValueError(f"the toy model needs 0 < a < b (z is a standard deviation), got a={a}, b={b}")
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(num_points):
+    """Gauss–Legendre nodes and weights on [-1, 1] (cached: computing them costs ~0.1 s)."""
+    return np.polynomial.legendre.leggauss(num_points)
+
+
 def toy_log_evidence(x, a, b, mu, num_points=256):
     """Log-evidence of the toy model z ~ Uniform(a, b), x | z ~ N(mu, z^2), by quadrature.
 
@@ -203,7 +209,7 @@ def toy_log_evidence(x, a, b, mu, num_points=256):
     :returns: log p(x_n) in nats, ``[N]``, in the dtype of ``x`` (use float64 for accuracy).
     """
     _check_interval(a, b)
-    t, w = np.polynomial.legendre.leggauss(num_points)
+    t, w = _gauss_legendre(num_points)
     z = x.new_tensor(a + (b - a) * (t + 1) / 2)  # [P]
     log_w = x.new_tensor(np.log(w / 2))  # [P]
     log_lik = dist.Normal(mu, z).log_prob(x.reshape(-1, 1))  # [N, P]
@@ -226,19 +232,18 @@ def make_toy_model(a, b, mu):
     return model
 
 
-_SOFTPLUS_INV_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_INV_ONE) == 1
-
-
 def make_toy_guide(a, b, mu, prefix="toy_guide"):
     """Learnable guide for the toy model: a Beta distribution stretched onto (a, b).
 
         q(z | x) = a + (b - a) Beta(alpha(x), beta(x)),
-        (alpha, beta) = softplus(u |x - mu| + v) + 1e-3,
+        (alpha, beta) = 1 + softplus(u |x - mu| + v),
 
     with ``u, v`` in R^2 the Pyro parameters ``f"{prefix}_weight"`` and ``f"{prefix}_bias"``.
     The posterior p(z | x) ∝ z^{-1} exp(-(x - mu)^2 / (2 z^2)) on (a, b) depends on x only
-    through |x - mu|, and moves towards b as |x - mu| grows. Initially u = 0 and
-    softplus(v) = 1, so q starts as Beta(1, 1), i.e. the prior.
+    through |x - mu|, moves towards b as |x - mu| grows, and has a bounded density; keeping both
+    concentrations above 1 keeps q's density bounded too, so draws never land on a or b (where
+    the model's log-density is -inf). Initially u = 0 and v = -3: q = Beta(1.05, 1.05), close to
+    the prior.
 
     ``guide(x)``, x ``[N, 1]``: site ``"z"`` with shape ``[N]`` inside ``pyro.plate("data", N)``.
     Parameters take the dtype of the first ``x`` they see.
@@ -247,8 +252,8 @@ def make_toy_guide(a, b, mu, prefix="toy_guide"):
 
     def guide(x):
         u = pyro.param(f"{prefix}_weight", lambda: x.new_zeros(2))
-        v = pyro.param(f"{prefix}_bias", lambda: x.new_full((2,), _SOFTPLUS_INV_ONE))
-        conc = F.softplus((x.reshape(-1, 1) - mu).abs() * u + v) + 1e-3  # [N, 2]
+        v = pyro.param(f"{prefix}_bias", lambda: x.new_full((2,), -3.0))
+        conc = 1 + F.softplus((x.reshape(-1, 1) - mu).abs() * u + v)  # [N, 2]
         q = dist.TransformedDistribution(
             dist.Beta(conc[:, 0], conc[:, 1]), [AffineTransform(a, b - a)]
         )

@@ -233,7 +233,7 @@ def randomise_toy_guide(guide, x, seed):
         pyro.get_param_store()[name] = torch.randn(2, generator=g, dtype=DTYPE)
 
 
-@pytest.mark.parametrize("guide_seed", [None, 0, 1])  # None: the initial guide, equal to the prior
+@pytest.mark.parametrize("guide_seed", [None, 0, 1])  # None: the initial guide, close to the prior
 def test_toy_trace_elbo_is_a_lower_bound(guide_seed):
     x = sample_toy(40, **TOY)
     model, guide = make_toy_model(**TOY), make_toy_guide(**TOY)
@@ -247,12 +247,16 @@ def test_toy_trace_elbo_is_a_lower_bound(guide_seed):
 
 
 def test_toy_guide_can_learn_the_posterior():
-    x = sample_toy(400, **TOY)
-    model, guide = make_toy_model(**TOY), make_toy_guide(**TOY)
+    # float32 for speed (Beta reparameterised draws are ~10x slower in float64). From the
+    # near-prior start the gap is ~0.25 nats per datapoint; after 100 steps it is ~0.02.
+    x = sample_toy(200, **TOY)
     neg_log_evidence = -toy_log_evidence(x, **TOY).sum().item()
+    x = x.float()
+    model, guide = make_toy_model(**TOY), make_toy_guide(**TOY)
     gap_before = elbo_loss_and_standard_error(model, guide, x)[0] - neg_log_evidence
-    svi = SVI(model, guide, Adam({"lr": 0.05}), Trace_ELBO(num_particles=8, vectorize_particles=True))
-    for _ in range(300):
+    elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, Adam({"lr": 0.05}), elbo)
+    for _ in range(100):
         svi.step(x)
     gap_after = elbo_loss_and_standard_error(model, guide, x)[0] - neg_log_evidence
-    assert gap_after < 0.5 * gap_before
+    assert 0 < gap_after < 0.25 * gap_before

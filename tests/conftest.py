@@ -1,0 +1,24 @@
+import os
+import pathlib
+
+import pyro
+import pytest
+import torch
+
+DATA_DIR = os.environ.get("PYROVAE_DATA_DIR")
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Every test starts with an empty param store and fixed seeds."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def mnist_available() -> bool:
+    return bool(DATA_DIR) and (pathlib.Path(DATA_DIR) / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+
+
+needs_mnist = pytest.mark.skipif(not mnist_available(), reason="set PYROVAE_DATA_DIR to the folder holding MNIST/raw")
