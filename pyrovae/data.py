@@ -60,6 +60,7 @@ SPLITS = ("train", "test")
 FIXED_BINARIZE_SEED = {"train": 0, "test": 1}  # the seed of each split's one-off binarization
 FREY_FILE = "FreyFace/frey_rawface.mat"
 FREY_SHAPE = (28, 20)
+FREY_N = 1965
 FREY_SPLIT_SEED = 0
 FREY_N_TEST = 200
 SYNTHETIC_SIZES = {"train": 5000, "test": 1000}
@@ -96,10 +97,12 @@ def _offline() -> bool:
 
 def _not_found(data_dir: Path, expected: list[str], why: str) -> DataNotFoundError:
     listed = "\n".join(f"  {name}" for name in expected)
+    unzipped = any(name.endswith(".gz") for name in expected)
     return DataNotFoundError(
         f"data files not found in the data directory {data_dir}\n"
         f"expected (relative to it):\n{listed}\n"
-        f"{why}\n"
+        + ("(unzipped copies, the same names without .gz, do too)\n" if unzipped else "")
+        + f"{why.strip()}\n"
         "Set --data-dir or PYROVAE_DATA_DIR to the folder that holds them."
     )
 
@@ -178,7 +181,7 @@ def _prepare_mnist_files(cls: type, data_dir: Path, root: Path) -> None:
     why = _try_download(cls, root)
     if why:
         expected = [f"{raw}/{f}" for f, _ in cls.resources]
-        raise _not_found(data_dir, expected, why + " (The same names without .gz also do.)")
+        raise _not_found(data_dir, expected, why)
 
 
 def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor, Tensor]:
@@ -194,15 +197,17 @@ def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor
 
 def frey_split_indices(split: str) -> Tensor:
     """Indices into the 1965 faces: a ``manual_seed(0)`` randperm; first 1765 train, last 200 test."""
-    perm = torch.randperm(1965, generator=torch.Generator().manual_seed(FREY_SPLIT_SEED))
-    return perm[: 1965 - FREY_N_TEST] if split == "train" else perm[1965 - FREY_N_TEST :]
+    _check_choice("split", split, SPLITS)
+    perm = torch.randperm(FREY_N, generator=torch.Generator().manual_seed(FREY_SPLIT_SEED))
+    n_train = FREY_N - FREY_N_TEST
+    return perm[:n_train] if split == "train" else perm[n_train:]
 
 
 def load_frey(data_dir: Path) -> Tensor:
     """All Frey faces: float32 ``[1965, 28, 20]`` in [0, 1] (``ff`` column k, row-major, / 255)."""
     path = data_dir / FREY_FILE
     if not path.exists():
-        raise _not_found(data_dir, [FREY_FILE], "It is not there.")
+        raise _not_found(data_dir, [FREY_FILE], "No such file.")
     from scipy.io import loadmat
 
     ff = loadmat(path)["ff"]  # [560, 1965] uint8
@@ -407,7 +412,7 @@ def load_dataset(
     if mode == "static":
         x = _binarize_once(x, split)
     if subset:
-        x, labels = x[:subset], None if labels is None else labels[:subset]
+        x, labels = x[:subset].clone(), None if labels is None else labels[:subset].clone()
     data = DataSplit(x, labels, name, split, mode, seed, params)
     return data.to(device)
 

@@ -7,6 +7,10 @@ import torch
 
 DATA_DIR = os.environ.get("PYROVAE_DATA_DIR")
 
+# The test models are small: one thread is faster than two that wait on each other, and it keeps
+# the suite's time steady on a shared 2-core machine (OpenMP threads spin when a core is busy).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():

@@ -7,6 +7,7 @@ deterministic seeds; their tolerances are stated where they are made.
 
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,6 +135,16 @@ def test_data_dir_never_written(monkeypatch, tmp_path):
     assert snapshot(DATA_DIR) == before
     extracted = sorted(p.name for p in (tmp_path / "cache" / "MNIST" / "raw").iterdir())
     assert extracted == sorted(MNIST_FILES)  # no temp files left behind
+
+
+@needs_mnist
+def test_concurrent_extraction(monkeypatch, tmp_path):
+    """Two loaders extracting into one empty cache at once: temp file + os.replace keeps it whole."""
+    monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path))
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: load_dataset("mnist", "test"), range(2))
+    assert torch.equal(a.x, b.x) and torch.bincount(a.labels).tolist() == MNIST_TEST_COUNTS
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(MNIST_FILES)
 
 
 @needs_mnist
