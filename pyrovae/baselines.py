@@ -66,11 +66,9 @@ def fit_gaussian(x_train, *, covariance="diagonal", var_floor=1e-6):
         return {"loc": loc, "scale": var.clamp_min(var_floor).sqrt()}
     if covariance == "full":
         x = x_train.double()
-        loc = x.mean(0)
-        centred = x - loc
-        cov = centred.T @ centred / x.shape[0]
-        cov = cov + var_floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        return {"loc": loc, "scale_tril": torch.linalg.cholesky(cov)}
+        ridge = var_floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        cov = torch.cov(x.T, correction=0) + ridge
+        return {"loc": x.mean(0), "scale_tril": torch.linalg.cholesky(cov)}
     raise ValueError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
 
 

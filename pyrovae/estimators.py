@@ -131,19 +131,25 @@ def _kl_or_none(guide_site, model_site):
 
 # -- the log weights ------------------------------------------------------------------------------
 def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
-    """Per-datapoint terms of the ELBO, [particles, batch] each, and the analytic sites' names."""
+    """Per-datapoint terms of the ELBO, each [particles, batch], keyed by what they are.
+
+    Returns ``({"reconstruction": [...], "latent": [...]}, analytic site names)``: the observed
+    sites' log p(x|·), and for each latent site log p(z|·) − log q(z|·) (or −KL where analytic).
+    """
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
-    terms, analytic_names = [], []
+    terms = {"reconstruction": [], "latent": []}
+    analytic_names = []
     for name, site in guide_sites.items():
         kl = _kl_or_none(site, model_sites.get(name)) if analytic else None
         if kl is None:
-            terms.append(-layout.per_datapoint(_log_density(site)))
+            terms["latent"].append(-layout.per_datapoint(_log_density(site)))
         else:
-            terms.append(-layout.per_datapoint(kl))
+            terms["latent"].append(-layout.per_datapoint(kl))
             analytic_names.append(name)
     for name, site in model_sites.items():
         if name not in analytic_names:
-            terms.append(layout.per_datapoint(_log_density(site)))
+            kind = "reconstruction" if site["is_observed"] else "latent"
+            terms[kind].append(layout.per_datapoint(_log_density(site)))
     return terms, analytic_names
 
 
@@ -159,7 +165,7 @@ def _chunked_terms(model, guide, x, num_particles, analytic, data_plate, chunk_s
         model_trace, guide_trace = _particle_traces(model, guide, x, n, nesting)
         layout = _Layout(model_trace, batch, nesting, data_plate)
         terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
-        yield sum(terms), names
+        yield {kind: sum(t) if t else 0.0 for kind, t in terms.items()}, names
 
 
 def log_weights(model, guide, x, num_particles: int = 1, *, analytic: bool = False,
@@ -168,8 +174,8 @@ def log_weights(model, guide, x, num_particles: int = 1, *, analytic: bool = Fal
 
     With ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
     """
-    return torch.cat([t for t, _ in _chunked_terms(model, guide, x, num_particles, analytic,
-                                                   data_plate, chunk_size)])
+    return torch.cat([t["reconstruction"] + t["latent"] for t, _ in _chunked_terms(
+        model, guide, x, num_particles, analytic, data_plate, chunk_size)])
 
 
 # -- the estimators --------------------------------------------------------------------------------
@@ -197,6 +203,23 @@ def analytic_sites(model, guide, x, *, data_plate: Optional[str] = None) -> List
     return names
 
 
+def elbo_parts(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The ELBO split as in the notes, each [batch]: ``elbo = reconstruction − kl``.
+
+    ``reconstruction`` = 1/r Σ_j log p(x | z_j) (the observed sites), ``kl`` = KL(q ‖ p) of the
+    latent sites, in closed form where registered (as :func:`analytic_elbo`), else by Monte Carlo.
+    """
+    parts = [t for t, _ in _chunked_terms(model, guide, x, num_particles, True, data_plate)]
+    recon = torch.cat([_rows(t["reconstruction"], x) for t in parts]).mean(0)
+    kl = -torch.cat([_rows(t["latent"], x) for t in parts]).mean(0)
+    return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
+
+
+def _rows(term, x):
+    """A term as [particles, batch] (a model with no latent site gives a plain 0.0)."""
+    return term if torch.is_tensor(term) else x.new_zeros(1, x.shape[0])
+
+
 def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional[str] = None,
                chunk_size: Optional[int] = None, grad: bool = False) -> torch.Tensor:
     """Importance-weighted bound log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x): shape [batch].
@@ -208,8 +231,8 @@ def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional
     """
     total = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        for lw, _ in _chunked_terms(model, guide, x, num_samples, False, data_plate, chunk_size):
-            lse = torch.logsumexp(lw, 0)
+        for t, _ in _chunked_terms(model, guide, x, num_samples, False, data_plate, chunk_size):
+            lse = torch.logsumexp(t["reconstruction"] + t["latent"], 0)
             total = lse if total is None else torch.logaddexp(total, lse)
     return total - math.log(num_samples)
 

@@ -79,11 +79,8 @@ def ppca_posterior(x, W, b, sigma):
     """Exact PPCA posterior p(z | x) = N(M^{-1} W^T (x - b), sigma^2 M^{-1}).
 
     Here M = W^T W + sigma^2 I_L (Bishop, PRML eq. 12.42). The covariance does not depend on x.
+    Arguments as for :func:`ppca_log_evidence`.
 
-    :param x: data ``[N, D]``.
-    :param W: loadings ``[D, L]``.
-    :param b: offset ``[D]``.
-    :param sigma: noise standard deviation.
     :returns: ``(loc [N, L], cov [L, L])``.
     """
     sigma2 = _noise_variance(sigma, W)
@@ -111,16 +108,14 @@ def ppca_mle(x, latent_dim):
     :param int latent_dim: L, with 1 <= L < D.
     :returns: ``dict(W=[D, L], b=[D], sigma=scalar tensor)``, in the dtype of ``x``.
     """
-    N, D = x.shape
+    D = x.shape[1]
     if not 1 <= latent_dim < D:
         raise ValueError(f"need 1 <= latent_dim < D = {D}, got {latent_dim}")
-    b = x.mean(0)
-    centred = x - b
-    eigvals, eigvecs = torch.linalg.eigh(centred.T @ centred / N)  # ascending
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov(x.T, correction=0))  # ascending
     eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
     sigma2 = eigvals[latent_dim:].mean()
     W = eigvecs[:, :latent_dim] * (eigvals[:latent_dim] - sigma2).clamp_min(0).sqrt()
-    return {"W": W, "b": b, "sigma": sigma2.sqrt()}
+    return {"W": W, "b": x.mean(0), "sigma": sigma2.sqrt()}
 
 
 def ppca_mle_log_likelihood(x_train, x_test, latent_dim):

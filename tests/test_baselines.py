@@ -21,15 +21,6 @@ from pyrovae.baselines import (
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def fresh_pyro():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    pyro.clear_param_store()
-
-
 def correlated_gaussian_data(N=500, D=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(D, D, generator=g, dtype=DTYPE)

@@ -27,15 +27,6 @@ DTYPE = torch.float64
 TOY = dict(a=0.5, b=2.0, mu=1.0)
 
 
-@pytest.fixture(autouse=True)
-def fresh_pyro():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    pyro.clear_param_store()
-
-
 def random_ppca(D, L, sigma=0.5, seed=0):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(D, L, generator=g, dtype=DTYPE)

@@ -1,0 +1,145 @@
+"""The ``pyrovae`` command line: train, evaluate, sample, reconstruct, plot, compare, exact.
+
+User errors (a missing run dir, a corrupt checkpoint, a bad config, missing data) print one line
+``pyrovae: error: ...`` and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a VAE from a TOML config into a run dir")
+    p.add_argument("--config", type=Path, help="TOML file ([data], [model], [train]); defaults if omitted")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--data-dir", help="where the data sets are (else $PYROVAE_DATA_DIR, else ~/.cache/pyrovae)")
+    p.set_defaults(run=cmd_train)
+
+
+def _add_run_dir_commands(sub):
+    p = sub.add_parser("evaluate", help="score the test set: ELBOs and the k-sample IWAE log-likelihood")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--iw-samples", type=int, default=5000, help="k for the importance-weighted bound (5000)")
+    p.add_argument("--test-size", type=int, default=0, help="first N test points (0 = all)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="draw x from the model: z ~ p(z), then the decoder mean")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/samples.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("reconstruct", help="test images above their reconstructions")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("-n", type=int, default=10)
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/reconstructions.png)")
+    p.set_defaults(run=cmd_reconstruct)
+
+    p = sub.add_parser("plot", help="(re)draw every plot of a run dir")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(run=cmd_plot)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro programs.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_run_dir_commands(sub)
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+def cmd_train(args):
+    import os
+
+    from . import config, run
+
+    if args.data_dir:
+        os.environ["PYROVAE_DATA_DIR"] = args.data_dir
+    cfg = None if args.resume else config.load(args.config, args.overrides)
+    if args.resume and (args.config or args.overrides):
+        raise ValueError("--resume continues the run with its saved config; drop --config/--set")
+    summary = run.train_run(cfg, args.out, resume=args.resume, progress=True)
+    final = summary["final"]
+    print(f"{summary['data']}: epoch {final['epoch']}, train ELBO {final['train_elbo']:.2f}, "
+          f"test ELBO {final['test_elbo']:.2f} nats per datapoint → {args.out}")
+
+
+def cmd_evaluate(args):
+    from . import run
+
+    result = run.evaluate_run(args.run_dir, iw_samples=args.iw_samples, test_size=args.test_size,
+                              batch_size=args.batch_size, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    print(f"{result['data']}, n = {result['n']} ({result['units']})")
+    for name, v in result["estimators"].items():
+        print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}")
+    if "closed_form_elbo" in result:
+        print(f"  closed_form_elbo: {result['closed_form_elbo']}")
+
+
+def cmd_sample(args):
+    import torch
+
+    from . import plots, run
+
+    _, vae, _ = run.load_run(args.run_dir)
+    torch.manual_seed(args.seed)
+    out = args.out or args.run_dir / "samples.png"
+    plots.plot_samples(vae, out, n=args.n, seed=args.seed)
+    print(out)
+
+
+def cmd_reconstruct(args):
+    from . import plots, run
+
+    _, vae, test = run.load_run(args.run_dir)
+    out = args.out or args.run_dir / "reconstructions.png"
+    plots.plot_reconstructions(vae, test.x[: args.n], out, n=args.n)
+    print(out)
+
+
+def cmd_plot(args):
+    from . import plots, run
+
+    _, vae, test = run.load_run(args.run_dir)
+    labels = None if test.labels is None else test.labels[:2000]
+    for path in plots.plot_all(vae, args.run_dir, test.x[:2000], labels, run.read_metrics(args.run_dir / "metrics.csv")):
+        print(path)
+
+
+_EXTRA_COMMANDS = []
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("pyrovae: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"pyrovae: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Training any Pyro model/guide pair by stochastic variational inference.
+
+``train(model, guide, data, epochs=..., batch_size=...)`` maximises the ELBO of the whole data
+set: each minibatch of B out of N datapoints is scaled by N/B (``poutine.scale``), so the loss
+is an unbiased estimate of −Σ_i ELBO(x_i) (pyro-ppl issue #1437). Parameters are whatever the
+pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` updates them all.
+
+Each epoch appends a row to the returned history (all per datapoint, in nats):
+``epoch``, ``train_elbo`` (mean of the epoch's minibatch ELBOs), ``test_elbo``,
+``reconstruction`` = E_q[log p(x|z)] and ``kl`` = KL(q(z|x) ‖ p(z)) of that test ELBO (on the
+test set, or on the first 2000 training points when there is none), ``seconds``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.util import get_rng_state, set_rng_state
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import checks
+from .data import DataSplit
+from .estimators import _plate_nesting, _traces, elbo_parts
+
+#: name → ELBO factory (num_particles, max_plate_nesting)
+ELBOS: Dict[str, Callable] = {
+    "trace": lambda r, m: Trace_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
+    "mean-field": lambda r, m: TraceMeanField_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
+    "iwae": lambda r, m: RenyiELBO(alpha=0, num_particles=r, vectorize_particles=True, max_plate_nesting=m),
+    "graph": lambda r, m: TraceGraph_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
+}
+EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a non-finite loss (the last good checkpoint is kept)."""
+
+
+def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
+    if name not in ELBOS:
+        raise ValueError(f"unknown elbo {name!r}; expected one of {', '.join(ELBOS)}")
+    return ELBOS[name](checks.positive_int("num_particles", num_particles), max_plate_nesting)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_split(data, name: str = "data") -> DataSplit:
+    """A DataSplit from a DataSplit or a tensor [N, ...]."""
+    if isinstance(data, DataSplit):
+        return data
+    if isinstance(data, torch.Tensor):
+        if data.dim() < 1 or data.shape[0] == 0:
+            raise ValueError(f"{name} must be a non-empty tensor [N, ...], got shape {list(data.shape)}")
+        return DataSplit(x=data, labels=None, name="tensor")
+    raise TypeError(f"{name} must be a torch.Tensor or pyrovae.data.DataSplit, got {type(data).__name__}")
+
+
+def _owner(fn) -> Optional[nn.Module]:
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def pair_params(model, guide, x) -> Dict[str, torch.Tensor]:
+    """Create the pair's parameters (one trace on x, random state untouched): name → unconstrained tensor."""
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            traces = _traces(model, guide, x)
+    finally:
+        set_rng_state(state)
+    names = {n for tr in traces for n, s in tr.nodes.items() if s["type"] == "param"}
+    store = dict(pyro.get_param_store().named_parameters())
+    return {n: store[n] for n in sorted(names)}
+
+
+def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
+    """Copy saved values into the pair's parameters in place (shapes must match)."""
+    missing = sorted(set(params) - set(saved))
+    if missing:
+        raise ckpt.CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != saved[name].shape:
+                raise ckpt.CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
+                                           f"checkpoint but {list(p.shape)} in the model")
+            p.copy_(saved[name])
+
+
+class Trainer:
+    """The state of one training run; :func:`train` is the function to call."""
+
+    def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device):
+        self.device = resolve_device(device)
+        for fn in (model, guide):
+            if _owner(fn) is not None:
+                _owner(fn).to(self.device)
+        self.data = as_split(data).to(self.device)
+        self.test = None if test_data is None else as_split(test_data, "test_data").to(self.device)
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        first = self.data.x[: self.batch_size]
+        self.raw = (model, guide)
+        self.elbo = make_elbo(elbo, num_particles, _plate_nesting(model, guide, first))
+        self.params = pair_params(model, guide, first)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=checks.positive_float("lr", lr))
+        self.history: List[dict] = []
+
+    def _scale(self, xb):
+        """Minibatch scale N/B (the last batch of an epoch may be smaller)."""
+        return len(self.data) / xb.shape[0]
+
+    def step(self, xb) -> float:
+        """One SVI step on a minibatch; returns −ELBO per datapoint of the batch."""
+        scale = self._scale(xb)
+        loss = self.elbo.loss_and_grads(poutine.scale(self.raw[0], scale), poutine.scale(self.raw[1], scale), xb)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss / (scale * xb.shape[0])
+
+    def run_epoch(self, epoch: int, bar=None) -> float:
+        total, n = 0.0, len(self.data)
+        for step, xb in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
+            loss = self.step(xb)
+            if not math.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at epoch {epoch}, step {step}: training stopped "
+                                    f"(lower the learning rate or check the data); the last good checkpoint is kept")
+            total += loss * xb.shape[0] / n
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"epoch {epoch} -ELBO {loss:.2f}", refresh=False)
+        return -total
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 1000) -> dict:
+        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set)."""
+        x = self.test.x if self.test is not None else self.data.epoch(0)[:EVAL_POINTS]
+        parts = [elbo_parts(*self.raw, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return {k: torch.cat([p[k] for p in parts]).mean().item() for k in ("elbo", "reconstruction", "kl")}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self, config=None) -> dict:
+        return {
+            "epoch": len(self.history),
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "history": self.history,
+            "config": config,
+        }
+
+    def load_state(self, state: dict) -> None:
+        load_params(self.params, state["params"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
+          num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
+          checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
+          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+    """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
+
+    Args:
+        model, guide: any Pyro pair taking a batch x ``[B, ...]`` (e.g. ``vae.model``, ``vae.guide``).
+        data, test_data: a tensor ``[N, ...]`` or a :class:`pyrovae.data.DataSplit` (dynamic
+            binarization is redrawn every epoch).
+        elbo: ``"trace"`` (Trace_ELBO), ``"mean-field"`` (TraceMeanField_ELBO), ``"iwae"``
+            (RenyiELBO, alpha=0, ``num_particles`` samples) or ``"graph"`` (TraceGraph_ELBO).
+        seed: seeds Pyro/torch before training (seed before building the model to fix its init).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``; a model/guide that are
+            methods of an ``nn.Module`` have that module moved there.
+        checkpoint: a path written atomically after every epoch (parameters, optimizer and RNG
+            states, history, ``config``). ``resume=True`` continues from it exactly.
+        callback: called after every epoch with the history so far (a list of rows).
+    """
+    checks.positive_int("epochs", epochs)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
+                      num_particles=num_particles, test_data=test_data, device=device)
+    if resume:
+        trainer.load_state(ckpt.load(checkpoint))
+    bar = _progress_bar(trainer, epochs) if progress else None
+    try:
+        for epoch in range(len(trainer.history) + 1, epochs + 1):
+            start = time.perf_counter()
+            train_elbo = trainer.run_epoch(epoch, bar)
+            scores = trainer.evaluate()
+            row = {"epoch": epoch, "train_elbo": train_elbo,
+                   "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),
+                   "reconstruction": scores["reconstruction"], "kl": scores["kl"],
+                   "seconds": time.perf_counter() - start}
+            trainer.history.append(row)
+            if checkpoint is not None:
+                ckpt.save(checkpoint, trainer.state(config))
+            if callback is not None:
+                callback(trainer.history)
+    finally:
+        if bar is not None:
+            bar.close()
+    return trainer.history
+
+
+def _progress_bar(trainer: Trainer, epochs: int):
+    from tqdm.auto import tqdm
+
+    per_epoch = math.ceil(len(trainer.data) / trainer.batch_size)
+    done = len(trainer.history) * per_epoch
+    return tqdm(total=epochs * per_epoch, initial=done, unit="step", desc="train", dynamic_ncols=True)
