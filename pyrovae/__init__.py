@@ -8,11 +8,14 @@ from .likelihoods import LIKELIHOODS, Likelihood
 from .model import VAE
 from .priors import PRIORS, Prior
 from . import estimators
-from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
+from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound, log_weights, mc_elbo
+from . import data
+from .train import train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "PRIORS", "LIKELIHOODS", "GUIDES", "Prior", "Likelihood", "VariationalFamily",
     "estimators", "mc_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo", "iwae_bound",
+    "elbo_parts", "log_weights", "train", "data",
 ]

@@ -211,15 +211,14 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
 
 def format_gradient_variance(result: dict) -> str:
     """An aligned text table of :func:`gradient_variance`'s result."""
+    from .compare import text_table
+
     head = ("estimator", "total variance", "mean ‖g‖", "‖mean g‖", "SE of mean")
     rows = [(name, f"{r['total_variance']:.4g}", f"{r['mean_norm']:.4g}", f"{r['norm_of_mean']:.4g}",
              f"{r['se_of_mean']:.4g}") for name, r in result["estimators"].items()]
-    widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
-    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(row, widths)))
     lines = [f"gradient of the ELBO w.r.t. the {result['params']} parameters ({result['num_parameters']}), "
              f"batch of {result['batch']}, {result['num_draws']} draws of one particle",
-             fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows]
+             *text_table(head, rows)]
     lines += [f"variance ratio {k}: {v:.3g}" for k, v in result["variance_ratio"].items()]
     lines += [f"mean {p['a']} vs mean {p['b']}: cosine {p['cosine']:.3f}, distance {p['distance']:.4g} "
               f"(noise alone: {p['noise']:.4g})" for p in result["pairs"]]

@@ -85,6 +85,11 @@ def pair_params(model, guide, x) -> Dict[str, torch.Tensor]:
     return {n: store[n] for n in sorted(names)}
 
 
+def _diverged(epoch: int, step: int, what: str):
+    raise TrainingError(f"training diverged at epoch {epoch}, step {step}: {what}. Training stopped (lower the "
+                        f"learning rate or check the data); the last good checkpoint is kept")
+
+
 def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
     """Copy saved values into the pair's parameters in place (shapes must match)."""
     missing = sorted(set(params) - set(saved))
@@ -131,10 +136,14 @@ class Trainer:
     def run_epoch(self, epoch: int, bar=None) -> float:
         total, n = 0.0, len(self.data)
         for step, xb in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
-            loss = self.step(xb)
+            try:
+                loss = self.step(xb)
+            except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
+                if "invalid values" not in str(e):
+                    raise
+                _diverged(epoch, step, f"a distribution parameter became NaN/Inf ({str(e).splitlines()[0]})")
             if not math.isfinite(loss):
-                raise TrainingError(f"the loss became {loss} at epoch {epoch}, step {step}: training stopped "
-                                    f"(lower the learning rate or check the data); the last good checkpoint is kept")
+                _diverged(epoch, step, f"the loss became {loss}")
             total += loss * xb.shape[0] / n
             if bar is not None:
                 bar.update(1)

@@ -12,6 +12,16 @@ DATA_DIR = os.environ.get("PYROVAE_DATA_DIR")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Extract data sets into a per-session cache (never ~/.cache) and never try to download."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYROVAE_CACHE_DIR", str(tmp_path_factory.mktemp("pyrovae-cache")))
+    mp.setenv("PYROVAE_OFFLINE", "1")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def fresh_pyro():
     """Every test starts with an empty param store and fixed seeds."""

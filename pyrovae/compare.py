@@ -1,0 +1,297 @@
+"""The estimator lab: every ELBO and log-likelihood estimator on the same data, side by side.
+
+:func:`compare_estimators` evaluates, on data x of N datapoints (in batches, so memory stays
+bounded), one row per estimator of :mod:`pyrovae.estimators`:
+
+- ``mc_elbo`` with r particles, for each r in ``particles``;
+- ``analytic_elbo`` (r = 1: closed-form KL, one draw for log p(x|z));
+- ``closed_form_elbo`` (r = 1), the lecture notes' hand-written loss, when the VAE has one
+  (a normal prior, a diagonal guide, a likelihood with a hand-written density) — otherwise the
+  row says it is unavailable and why;
+- ``iwae_bound`` with k samples, for each k in ``iw_samples`` up to ``max_k``.
+
+Every row gives, in nats per datapoint, the mean over the N datapoints, the standard error of that
+mean (the std of the per-datapoint values / √N: how much the mean would move with other data of
+the same kind), and the estimator's own spread: the standard deviation of one evaluation on one
+datapoint across repeated draws, estimated from two independent evaluations a, b per datapoint as
+√(mean_i (a_i − b_i)² / 2). It also gives the wall time of one evaluation over x.
+
+All rows start from the same random state (common random numbers): the differences between rows
+are then measured far more precisely than the rows' own means, and ``differences`` reports them
+paired, datapoint by datapoint (mean and SE of the per-datapoint difference).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, List, Optional, Sequence
+
+import pyro
+import torch
+from pyro.util import get_rng_state, set_rng_state
+
+from . import checks
+from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
+from .gradients import format_gradient_variance, gradient_variance
+
+UNITS = "nats per datapoint"
+#: the fewest datapoints an IWAE row's second draw uses when it runs on a subset of x.
+MIN_SD_POINTS = 64
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+class _Rng:
+    """The random state of the CPU (and of x's GPU), to start each row from the same draws."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.state = get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
+        self.device = device
+
+    def restore(self):
+        set_rng_state(self.state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+
+
+def _evaluate(fn: Callable, x: torch.Tensor, batch_size: int, bar) -> torch.Tensor:
+    """fn over x in batches: the per-datapoint values [N] (float64, CPU)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            out.append(fn(x[start:start + batch_size]).detach().to("cpu", torch.float64))
+            bar.update(1)
+    return torch.cat(out)
+
+
+def _se(values: torch.Tensor) -> Optional[float]:
+    """Standard error of the mean of ``values`` (None for fewer than two)."""
+    n = values.numel()
+    return float(values.std() / math.sqrt(n)) if n > 1 else None
+
+
+def _spec_rows(vae, particles, iw_samples):
+    """(name, parameter name, parameter, fn) for every estimator; fn None when unavailable."""
+    specs = [("mc_elbo", "r", r, lambda xb, r=r: mc_elbo(vae.model, vae.guide, xb, r)) for r in particles]
+    specs.append(("analytic_elbo", "r", 1, lambda xb: analytic_elbo(vae.model, vae.guide, xb)))
+    specs.append(("closed_form_elbo", "r", 1, lambda xb: closed_form_elbo(vae, xb)))
+    specs += [("iwae_bound", "k", k, lambda xb, k=k: iwae_bound(vae.model, vae.guide, xb, k)) for k in iw_samples]
+    return specs
+
+
+def _closed_form_problem(vae, x) -> Optional[str]:
+    """Why ``closed_form_elbo`` cannot run on this VAE (None when it can)."""
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            closed_form_elbo(vae, x[:1])
+    except ValueError as e:
+        return str(e)
+    finally:
+        set_rng_state(state)
+    return None
+
+
+def _counts(name: str, values: Sequence[int]) -> List[int]:
+    values = sorted({checks.positive_int(name, v) for v in values})
+    return values
+
+
+def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 10, 100),
+                       iw_samples: Sequence[int] = (1, 10, 100, 1000, 5000), max_k: int = 5000,
+                       batch_size: int = 128, sd_max_k: Optional[int] = 100, seed: Optional[int] = None,
+                       common_random_numbers: bool = True, keep_values: bool = False,
+                       gradient_draws: int = 0, gradient_batch: int = 8, progress: bool = False) -> dict:
+    """Every estimator on the same data: a JSON-serialisable dict of plain floats and lists.
+
+    Args:
+        vae: a :class:`pyrovae.VAE`.
+        x: data ``[N, *input_shape]``, processed ``batch_size`` datapoints at a time.
+        particles: the r of the ``mc_elbo`` rows.
+        iw_samples: the k of the ``iwae_bound`` rows; those above ``max_k`` are left out (listed in
+            ``iw_samples_left_out``).
+        sd_max_k: the second draw (for the estimator's sd) of an IWAE row with k above this runs on
+            only the first ⌈N · sd_max_k / k⌉ datapoints (at least 64), so it costs about one
+            k = ``sd_max_k`` pass over x; the row's ``sd_n`` and ``note`` say so. None: all of x.
+        seed: if given, ``pyro.set_rng_seed(seed)`` first.
+        common_random_numbers: start every row from the same random state (the default), so
+            that e.g. ``closed_form_elbo`` and ``analytic_elbo`` use the same ε.
+        keep_values: also return each row's per-datapoint values (``values``, N floats).
+        gradient_draws: if positive, also run :func:`pyrovae.gradients.gradient_variance` on the
+            first ``gradient_batch`` datapoints with this many draws (``gradient_variance``).
+        progress: show a tqdm progress bar.
+
+    Returns ``{"n", "units", "batch_size", "rows", "differences", "analytic_sites",
+    "iw_samples_left_out", "common_random_numbers", "gradient_variance"}``. Each row has ``name``,
+    ``label`` (e.g. ``"iwae_bound k=100"``), ``parameter_name`` (``"r"``/``"k"``), ``parameter``,
+    ``available`` (and ``reason`` when not), ``mean``, ``se`` (std over datapoints / √N; None when
+    N = 1), ``estimator_sd`` (√(mean (a − b)² / 2) over two independent evaluations per datapoint),
+    ``sd_n`` (the datapoints that went into it), ``seconds`` (one evaluation over x) and ``note``.
+    ``differences`` holds paired comparisons ``{"a", "b", "mean", "se"}`` of b − a datapoint by
+    datapoint: every row against ``analytic_elbo r=1`` and each IWAE k against the next.
+    """
+    vae.check_data(x)
+    n = x.shape[0]
+    batch_size = checks.positive_int("batch_size", batch_size)
+    max_k = checks.positive_int("max_k", max_k)
+    particles = _counts("particles", particles)
+    all_k = _counts("iw_samples", iw_samples)
+    ks = [k for k in all_k if k <= max_k]
+    if sd_max_k is not None:
+        checks.positive_int("sd_max_k", sd_max_k)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+
+    cf_problem = _closed_form_problem(vae, x)
+    specs = _spec_rows(vae, particles, ks)
+    batches = math.ceil(n / batch_size)
+    sd_points = {k: n if sd_max_k is None or k <= sd_max_k else
+                 min(n, max(MIN_SD_POINTS, math.ceil(n * sd_max_k / k))) for k in ks}
+    total = sum(batches + math.ceil((sd_points[p] if name == "iwae_bound" else n) / batch_size)
+                for name, _, p, _ in specs if not (name == "closed_form_elbo" and cf_problem))
+
+    from tqdm.auto import tqdm
+    rng = _Rng(x.device)
+    rows, values = [], {}
+    with tqdm(total=total, disable=not progress, desc="estimators", unit="batch") as bar:
+        for name, pname, p, fn in specs:
+            row = {"name": name, "label": f"{name} {pname}={p}", "parameter_name": pname, "parameter": p,
+                   "available": True, "reason": None, "mean": None, "se": None, "estimator_sd": None,
+                   "sd_n": 0, "seconds": None, "note": None}
+            rows.append(row)
+            if name == "closed_form_elbo" and cf_problem:
+                row.update(available=False, reason=cf_problem, note="unavailable: " + cf_problem)
+                continue
+            bar.set_description(row["label"])
+            if common_random_numbers:
+                rng.restore()
+            start = time.perf_counter()
+            a = _evaluate(fn, x, batch_size, bar)
+            row["seconds"] = time.perf_counter() - start
+            m = sd_points[p] if name == "iwae_bound" else n
+            b = _evaluate(fn, x[:m], batch_size, bar)
+            values[row["label"]] = a
+            row.update(mean=float(a.mean()), se=_se(a), sd_n=m,
+                       estimator_sd=float(((a[:m] - b) ** 2 / 2).mean().sqrt()))
+            if m < n:
+                row["note"] = f"sd from a second draw on the first {m} of {n} datapoints"
+            if keep_values:
+                row["values"] = a.tolist()
+
+    result = {
+        "n": n,
+        "units": UNITS,
+        "batch_size": batch_size,
+        "common_random_numbers": bool(common_random_numbers),
+        "rows": rows,
+        "differences": _differences(values, ks),
+        "analytic_sites": analytic_sites(vae.model, vae.guide, x[:batch_size]),
+        "iw_samples_left_out": [k for k in all_k if k > max_k],
+        "gradient_variance": None,
+    }
+    if gradient_draws:
+        result["gradient_variance"] = gradient_variance(vae, x[:gradient_batch], num_draws=gradient_draws)
+    return result
+
+
+def _differences(values: dict, ks: Sequence[int]) -> List[dict]:
+    """Paired differences b − a: every row against the analytic ELBO, IWAE k against the next k."""
+    ref = "analytic_elbo r=1"
+    pairs = [(ref, label) for label in values if label != ref]
+    pairs += [(f"iwae_bound k={a}", f"iwae_bound k={b}") for a, b in zip(ks, ks[1:])]
+    out = []
+    for a, b in pairs:
+        d = values[b] - values[a]
+        out.append({"a": a, "b": b, "mean": float(d.mean()), "se": _se(d)})
+    return out
+
+
+# -- reading the result ----------------------------------------------------------------------------
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> List[str]:
+    """Lines of an aligned table; ``align`` has an ``l`` or ``r`` per column (default: the first
+    column left, the others right)."""
+    align = align or "l" + "r" * (len(head) - 1)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _num(v, fmt: str = ".4f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def format_table(result: dict) -> str:
+    """The result as an aligned text table, for a terminal."""
+    head = ("estimator", "r/k", "mean", "SE", "estimator sd", "sd from", "seconds", "note")
+    rows = []
+    for r in result["rows"]:
+        param = f"{r['parameter_name']}={r['parameter']}"
+        if not r["available"]:
+            rows.append((r["name"], param, "—", "—", "—", "—", "—", "unavailable: " + r["reason"]))
+            continue
+        rows.append((r["name"], param, _num(r["mean"]), _num(r["se"]), _num(r["estimator_sd"]),
+                     str(r["sd_n"]), _num(r["seconds"], ".3f"), r["note"] or ""))
+    lines = [f"ELBO and log-likelihood estimators on {result['n']} datapoints, in {result['units']}",
+             "SE: of the mean over the datapoints; estimator sd: the spread of one evaluation on one "
+             "datapoint over repeated draws (from 2 draws)",
+             *text_table(head, rows, "llrrrrrl")]
+    if result.get("iw_samples_left_out"):
+        lines.append(f"left out (k > max_k): {', '.join(map(str, result['iw_samples_left_out']))}")
+    if result["differences"]:
+        lines += ["", "paired differences b − a (same datapoints"
+                  + (", same random numbers)" if result.get("common_random_numbers") else ")")]
+        lines += text_table(("b", "a", "mean", "SE"),
+                            [(d["b"], d["a"], format(d["mean"], "+.4f"), _num(d["se"]))
+                             for d in result["differences"]], "llrr")
+    lines += ["", "closed-form KL at: " + (", ".join(result["analytic_sites"]) or "no site")]
+    if result.get("gradient_variance"):
+        lines += ["", format_gradient_variance(result["gradient_variance"])]
+    return "\n".join(lines)
+
+
+def plot_comparison(result: dict, path) -> str:
+    """A PNG: every estimator's mean ± 2 SE, and the IWAE bound against k (log axis) over the ELBO."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["available"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    pos = list(range(len(rows)))
+    left.errorbar(pos, [r["mean"] for r in rows], yerr=[2 * (r["se"] or 0) for r in rows],
+                  fmt="o", capsize=4)
+    left.set_xticks(pos, [r["label"] for r in rows], rotation=35, ha="right", fontsize=8)
+    left.set_ylabel(UNITS)
+    left.set_title("mean ± 2 SE (over datapoints)")
+    left.grid(alpha=0.3)
+
+    iwae = sorted((r for r in rows if r["name"] == "iwae_bound"), key=lambda r: r["parameter"])
+    elbo = next((r for r in rows if r["name"] == "analytic_elbo"), None)
+    gain_se = {d["b"]: d["se"] or 0 for d in result["differences"] if d["a"] == "analytic_elbo r=1"}
+    if iwae:
+        k = [r["parameter"] for r in iwae]
+        mean = [r["mean"] for r in iwae]
+        band = [2 * gain_se.get(r["label"], 0) for r in iwae]
+        right.plot(k, mean, "o-", label="IWAE bound")
+        right.fill_between(k, [m - s for m, s in zip(mean, band)], [m + s for m, s in zip(mean, band)],
+                           alpha=0.25, label="± 2 SE of its gain over the ELBO (paired)")
+        right.set_xscale("log")
+    else:
+        right.text(0.5, 0.5, "no IWAE rows", ha="center", va="center", transform=right.transAxes)
+    if elbo:
+        right.axhline(elbo["mean"], color="k", linestyle="--", label="ELBO (analytic KL)")
+    right.set_xlabel("k (importance samples)")
+    right.set_ylabel(UNITS)
+    right.set_title("IWAE bound against k")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"ELBO estimators on {result['n']} datapoints")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
