@@ -19,7 +19,9 @@ def _add_train(sub):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (with its saved config; "
+                        "--set train.epochs=N may extend it)")
     p.add_argument("--data-dir", help="where the data sets are (else $PYROVAE_DATA_DIR, else ~/.cache/pyrovae)")
     p.set_defaults(run=cmd_train)
 
@@ -69,9 +71,9 @@ def cmd_train(args):
 
     if args.data_dir:
         os.environ["PYROVAE_DATA_DIR"] = args.data_dir
-    cfg = None if args.resume else config.load(args.config, args.overrides)
-    if args.resume and (args.config or args.overrides):
-        raise ValueError("--resume continues the run with its saved config; drop --config/--set")
+    if args.resume and args.config:
+        raise ValueError("--resume continues the run with its saved config; drop --config")
+    cfg = run.saved_config(args.out, args.overrides) if args.resume else config.load(args.config, args.overrides)
     summary = run.train_run(cfg, args.out, resume=args.resume, progress=True)
     final = summary["final"]
     print(f"{summary['data']}: epoch {final['epoch']}, train ELBO {final['train_elbo']:.2f}, "

@@ -128,9 +128,9 @@ def parse_override(text: str):
     return section, key, value
 
 
-def load(path: Optional[Path] = None, overrides: Iterable[str] = ()) -> dict:
-    """Read a TOML file (or start from the defaults), apply ``--set`` overrides, validate."""
-    config: Dict[str, dict] = {}
+def load(path: Optional[Path] = None, overrides: Iterable[str] = (), base: Optional[dict] = None) -> dict:
+    """Read a TOML file (or start from ``base``, or the defaults), apply ``--set`` overrides, validate."""
+    config: Dict[str, dict] = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():

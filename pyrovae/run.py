@@ -75,11 +75,19 @@ def read_metrics(path: Path):
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def saved_config(run_dir, overrides=()) -> dict:
+    """The config a run dir's checkpoint was trained with; only ``train.epochs`` may be overridden."""
+    others = [o for o in overrides if cfgmod.parse_override(o)[:2] != ("train", "epochs")]
+    if others:
+        raise cfgmod.ConfigError(f"--resume keeps the run's saved config; only --set train.epochs=N may change it, "
+                                 f"got {others}")
+    return cfgmod.load(None, overrides, base=ckpt.load(Path(run_dir) / "checkpoint.pt")["config"])
+
+
 def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train the config's VAE into run dir ``out``; return the summary (also in summary.json)."""
+    """Train the config's VAE into run dir ``out`` (continuing its checkpoint if ``resume``);
+    return the summary (also in summary.json)."""
     out = Path(out)
-    if resume:
-        cfg = cfgmod.validate(ckpt.load(out / "checkpoint.pt")["config"])
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.toml", cfgmod.dumps(cfg))
     t = cfg["train"]

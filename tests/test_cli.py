@@ -1,0 +1,132 @@
+"""The pyrovae command line end to end on real MNIST, and its one-line user errors."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyrovae.cli import main
+
+from conftest import needs_mnist
+
+SMALL = ["--set", "data.subset=2000", "--set", "data.test_subset=500", "--set", "train.epochs=2",
+         "--set", "model.hidden=[200]", "--set", "train.batch_size=100"]
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """One short training on 2000 real MNIST images, shared by the tests below."""
+    out = tmp_path_factory.mktemp("run") / "mnist"
+    assert main(["train", "--config", "examples/configs/mnist.toml", "--out", str(out)] + SMALL) == 0
+    return out
+
+
+@needs_mnist
+def test_train_writes_the_run_dir(mnist_run):
+    names = {p.name for p in mnist_run.iterdir()}
+    assert {"config.toml", "checkpoint.pt", "metrics.csv", "summary.json", "curves.png", "reconstructions.png",
+            "samples.png", "latent.png", "interpolation.png"} <= names
+    rows = list(csv.DictReader(open(mnist_run / "metrics.csv")))
+    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["test_elbo"]) > float(rows[0]["test_elbo"])           # the ELBO improves
+    assert -400 < float(rows[1]["test_elbo"]) < -100                          # nats per image, a log-probability
+    summary = json.loads((mnist_run / "summary.json").read_text())
+    assert summary["data"].startswith("mnist, dynamic binarization") and summary["n_train"] == 2000
+    assert "subset = 2000" in (mnist_run / "config.toml").read_text()
+
+
+@needs_mnist
+def test_evaluate_reports_every_estimator(mnist_run, capsys):
+    assert main(["evaluate", str(mnist_run), "--iw-samples", "50", "--test-size", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    est = result["estimators"]
+    assert set(est) == {"mc_elbo", "analytic_elbo", "closed_form_elbo", "iwae_bound(k=50)"}
+    assert result["n"] == 100 and "test set" in result["data"]
+    elbo, iw = est["analytic_elbo"], est["iwae_bound(k=50)"]
+    assert iw["mean"] > elbo["mean"]                                          # a tighter bound
+    assert abs(est["mc_elbo"]["mean"] - elbo["mean"]) < 4 * (est["mc_elbo"]["se"] ** 2 + elbo["se"] ** 2) ** 0.5 + 1
+    assert json.loads((mnist_run / "evaluation.json").read_text())["estimators"] == est
+
+
+@needs_mnist
+def test_sample_reconstruct_plot(mnist_run, tmp_path, capsys):
+    assert main(["sample", str(mnist_run), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", str(mnist_run), "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "r.png").stat().st_size > 1000
+    assert main(["plot", str(mnist_run)]) == 0
+    assert "curves.png" in capsys.readouterr().out
+
+
+@needs_mnist
+def test_resume_through_the_cli_matches_an_uninterrupted_run(mnist_run, tmp_path):
+    out = tmp_path / "resumed"
+    args = ["train", "--config", "examples/configs/mnist.toml", "--out", str(out)] + SMALL
+    assert main(args + ["--set", "train.epochs=1"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=2"]) == 0
+    straight = list(csv.DictReader(open(mnist_run / "metrics.csv")))
+    resumed = list(csv.DictReader(open(out / "metrics.csv")))
+    for key in ("epoch", "train_elbo", "test_elbo", "reconstruction", "kl"):
+        assert [r[key] for r in resumed] == [r[key] for r in straight]
+
+
+def test_resume_refuses_other_changes(mnist_run, capsys):
+    err = run_error(["train", "--out", str(mnist_run), "--resume", "--set", "model.latent_dim=3"], capsys)
+    assert "only --set train.epochs=N" in err
+
+
+def run_error(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("pyrovae: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=0", "train.epochs must be > 0, got 0"),
+    ("model.prior=gauss", "model.prior must be one of 'laplace', 'learned-normal', 'mixture', 'normal', 'vamp'; got 'gauss'"),
+    ("train.optimizer=sgd", "unknown key train.optimizer; allowed keys in [train]"),
+    ("trainer.epochs=3", "unknown section(s) ['trainer']"),
+    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+    ("data.binarize=sometimes", "data.binarize must be one of 'none', 'static', 'dynamic'"),
+    ("model.prior=mixture model.prior_options={components=0}", "components must be a positive integer, got 0"),
+    ("model.prior_options={components=3}", "unknown option(s) ['components'] for prior 'normal'; valid options: none"),
+])
+def test_config_errors_are_one_line(override, message, tmp_path, capsys):
+    err = run_error(["train", "--config", "examples/configs/mnist.toml", "--out", str(tmp_path / "r"),
+                     "--set", "data.subset=100"] + [a for o in override.split() for a in ("--set", o)], capsys)
+    assert message in err
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3")
+    assert "is not valid TOML" in run_error(["train", "--config", str(bad), "--out", str(tmp_path / "r")], capsys)
+    assert "does not exist" in run_error(["train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")], capsys)
+
+
+def test_missing_run_dir_and_corrupt_checkpoint(tmp_path, capsys):
+    assert "run directory" in run_error(["evaluate", str(tmp_path / "nope")], capsys)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert "not a readable pyrovae checkpoint" in run_error(["sample", str(tmp_path / "run")], capsys)
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "empty"))
+    err = run_error(["train", "--out", str(tmp_path / "r"), "--set", "train.epochs=1"], capsys)
+    assert str(tmp_path / "empty") in err and "train-images-idx3-ubyte.gz" in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "evaluate", str(tmp_path / "nope")])
+
+
+def test_python_dash_m_and_help():
+    out = subprocess.run([sys.executable, "-m", "pyrovae", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("train", "evaluate", "sample", "reconstruct", "plot"):
+        assert command in out.stdout
