@@ -96,14 +96,11 @@ def _offline() -> bool:
 
 
 def _not_found(data_dir: Path, expected: list[str], why: str) -> DataNotFoundError:
-    listed = "\n".join(f"  {name}" for name in expected)
-    unzipped = any(name.endswith(".gz") for name in expected)
+    """One line: the directory, the exact files expected in it, why no download, what to do."""
+    unzipped = " (or the same without .gz)" if any(name.endswith(".gz") for name in expected) else ""
     return DataNotFoundError(
-        f"data files not found in the data directory {data_dir}\n"
-        f"expected (relative to it):\n{listed}\n"
-        + ("(unzipped copies, the same names without .gz, do too)\n" if unzipped else "")
-        + f"{why.strip()}\n"
-        "Set --data-dir or PYROVAE_DATA_DIR to the folder that holds them."
+        f"data files not found in the data directory {data_dir}: expected {', '.join(expected)}{unzipped} "
+        f"there. {why.strip().rstrip('.')}. Set --data-dir or PYROVAE_DATA_DIR to the folder that holds them."
     )
 
 

@@ -116,6 +116,7 @@ def test_missing_run_dir_and_corrupt_checkpoint(tmp_path, capsys):
 
 def test_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path / "cache"))  # nothing extracted before either
     err = run_error(["train", "--out", str(tmp_path / "r"), "--set", "train.epochs=1"], capsys)
     assert str(tmp_path / "empty") in err and "train-images-idx3-ubyte.gz" in err
 
