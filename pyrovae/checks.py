@@ -1,6 +1,7 @@
 """Argument checks that fail early with a message naming the argument, what was expected and what came."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -30,17 +31,22 @@ def shape(name: str, value) -> tuple:
     return tuple(int(d) for d in dims)
 
 
-def data_tensor(x, event_shape: tuple, name: str = "x") -> torch.Tensor:
-    """Check that ``x`` is a finite floating tensor of shape ``[batch, *event_shape]``."""
+def data_tensor(x, event_shape: tuple, name: str = "x") -> tuple:
+    """Check that ``x`` is a finite floating tensor ``[batch, *event_shape]``; return (min, max).
+
+    One pass over the data (``torch.aminmax``; NaN propagates into both, ±Inf into one).
+    """
+    dims = ", ".join(map(str, event_shape))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [batch, {', '.join(map(str, event_shape))}], "
-                        f"got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape [batch, {dims}], got {type(x).__name__}")
     if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, event_shape))}], "
-                         f"got {list(x.shape)}")
+        raise ValueError(f"{name} must have shape [batch, {dims}], got {list(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
+    if x.numel() == 0:
+        raise ValueError(f"{name} must hold at least one datapoint, got shape {list(x.shape)}")
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
-    return x
+    return lo, hi

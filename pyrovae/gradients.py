@@ -122,7 +122,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str] = ESTIMATORS,
                       params: str = "encoder", warmup: int = 50, baseline_beta: float = 0.9,
-                      seed=None) -> dict:
+                      seed=None, keep_means: bool = False) -> dict:
     """Spread of the ELBO's gradient estimators on a fixed batch ``x`` (one particle a draw).
 
     Args:
@@ -134,6 +134,7 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
         warmup: draws run before measuring ``score-baseline``, so that its average has settled.
         baseline_beta: the decaying average's weight on its old value.
         seed: if given, ``pyro.set_rng_seed(seed)`` before each estimator.
+        keep_means: also return each estimator's mean gradient (``mean``, a flat list).
 
     Returns a JSON-serialisable dict: ``estimators`` maps each name to ``total_variance`` (Σ over
     coordinates of the variance across draws), ``mean_norm`` (mean ‖g‖ of a draw),
@@ -186,6 +187,8 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
             "norm_of_mean": float(means[name].norm()),
             "se_of_mean": math.sqrt(total / num_draws),
         }
+        if keep_means:
+            out[name]["mean"] = means[name].tolist()
     names = list(draws)
     pairs = [{"a": a, "b": b, "cosine": _cosine(means[a], means[b]),
               "distance": float((means[a] - means[b]).norm()),

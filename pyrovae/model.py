@@ -54,6 +54,7 @@ class VAE(nn.Module):
         self.input_shape = checks.shape("input_shape", input_shape)
         self.latent_dim = checks.positive_int("latent_dim", latent_dim)
         self.num_data = None if num_data is None else checks.positive_int("num_data", num_data)
+        self._checked = (None, None)  # the last batch that passed check_data, and its version
         self.likelihood = LIKELIHOODS.build(likelihood, likelihood_options, input_shape=self.input_shape)
         self.encoder, self.decoder = self._networks(net, hidden, activation, encoder, decoder)
         self.family = GUIDES.build(guide, guide_options, latent_dim=self.latent_dim,
@@ -115,9 +116,15 @@ class VAE(nn.Module):
         return self.likelihood(self._decoder_out(self.decoder(z)))
 
     def check_data(self, x) -> torch.Tensor:
-        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support."""
-        checks.data_tensor(x, self.input_shape)
-        self.likelihood.check_support(x)
+        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support.
+
+        The guide and then the model see the same batch in every SVI step: a batch already
+        checked (the same tensor, not modified in place since) is not checked again.
+        """
+        last, version = self._checked
+        if x is not last or getattr(x, "_version", None) != version:
+            self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
+            self._checked = (x, x._version)  # holding x keeps its identity from being reused
         return x
 
     def _plate(self, x):

@@ -175,3 +175,12 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, error, match):
     args = {"input_shape": SHAPE, "latent_dim": 3, **kwargs}
     with pytest.raises(error, match=match):
         VAE(args.pop("input_shape"), args.pop("latent_dim"), **args)
+
+
+def test_a_checked_batch_modified_in_place_is_checked_again():
+    vae = VAE(SHAPE, 3, hidden=(8,))
+    x = batch()
+    vae.guide(x)
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        vae.model(x)
