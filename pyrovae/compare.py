@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Sequence
 import pyro
 import torch
 from pyro.util import get_rng_state, set_rng_state
+from tqdm.auto import tqdm
 
 from . import checks
 from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
@@ -94,8 +95,7 @@ def _closed_form_problem(vae, x) -> Optional[str]:
 
 
 def _counts(name: str, values: Sequence[int]) -> List[int]:
-    values = sorted({checks.positive_int(name, v) for v in values})
-    return values
+    return sorted({checks.positive_int(name, v) for v in values})
 
 
 def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 10, 100),
@@ -133,6 +133,8 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     """
     vae.check_data(x)
     n = x.shape[0]
+    if n == 0:
+        raise ValueError("x must hold at least one datapoint, got an empty batch")
     batch_size = checks.positive_int("batch_size", batch_size)
     max_k = checks.positive_int("max_k", max_k)
     particles = _counts("particles", particles)
@@ -151,7 +153,6 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     total = sum(batches + math.ceil((sd_points[p] if name == "iwae_bound" else n) / batch_size)
                 for name, _, p, _ in specs if not (name == "closed_form_elbo" and cf_problem))
 
-    from tqdm.auto import tqdm
     rng = _Rng(x.device)
     rows, values = [], {}
     with tqdm(total=total, disable=not progress, desc="estimators", unit="batch") as bar:

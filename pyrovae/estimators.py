@@ -243,35 +243,23 @@ def closed_form_elbo(vae, x, num_particles: int = 1, *, eps: Optional[torch.Tens
     ELBO(x) = 1/r Σ_j log p(x | z_j) − KL,   z_j = μ + σ ⊙ ε_j,  ε_j ~ N(0, I)
     KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_l (μ_l² + σ_l² − log σ_l² − 1)
 
-    log p(x|z) is the likelihood's hand-written density (minus the binary cross-entropy for
-    Bernoulli, the Gaussian log-density for Gaussian, ...). Needs ``prior="normal"`` and
-    ``guide="diagonal"``; ``eps`` [r, batch, L] fixes the noise (drawn like Pyro's ``rsample``
-    otherwise, so a shared seed gives Pyro's draws).
+    ``vae`` is a :class:`pyrovae.VAE` with ``prior="normal"`` and ``guide="diagonal"``, or any
+    object of the same structure with two methods: ``posterior_params(x) -> (μ, σ)``, each
+    [batch, L], and ``log_likelihood(z, x) -> [..., batch]`` (log p(x|z) written by hand: minus
+    the binary cross-entropy for Bernoulli, the Gaussian log-density for Gaussian, ...).
+    ``eps`` [r, batch, L] fixes the noise; otherwise it is drawn like Pyro's ``rsample``, so the
+    same seed gives the draws of Pyro's ELBOs.
     """
-    _require_closed_form(vae)
-    vae.check_data(x)
-    q = vae.family.params(vae.encoder(x))
-    mu, sigma = q["loc"], q["scale"]
+    missing = [m for m in ("posterior_params", "log_likelihood") if not callable(getattr(vae, m, None))]
+    if missing:
+        raise TypeError(f"closed_form_elbo needs an object with posterior_params(x) and log_likelihood(z, x); "
+                        f"{type(vae).__name__} lacks {', '.join(missing)}")
+    if hasattr(vae, "check_closed_form"):
+        vae.check_closed_form()
+    mu, sigma = vae.posterior_params(x)
     if eps is None:
         eps = torch.empty((checks.positive_int("num_particles", num_particles),) + mu.shape,
                           dtype=mu.dtype, device=mu.device).normal_()
     z = mu + sigma * eps
-    recon = vae.likelihood.log_density(vae._decoder_out(vae.decoder(z)), x)
     kl = 0.5 * (mu ** 2 + sigma ** 2 - torch.log(sigma ** 2) - 1).sum(-1)
-    return recon.mean(0) - kl
-
-
-def _require_closed_form(vae):
-    from .guides import DiagonalNormal
-    from .likelihoods import Likelihood
-    from .priors import StandardNormal
-
-    problems = []
-    if type(vae.prior) is not StandardNormal:
-        problems.append(f"prior {getattr(vae.prior, 'registry_name', type(vae.prior).__name__)!r} (needs 'normal')")
-    if type(vae.family) is not DiagonalNormal:
-        problems.append(f"guide {getattr(vae.family, 'registry_name', type(vae.family).__name__)!r} (needs 'diagonal')")
-    if type(vae.likelihood).log_density is Likelihood.log_density:
-        problems.append(f"likelihood {type(vae.likelihood).__name__} (no hand-written density)")
-    if problems:
-        raise ValueError("closed_form_elbo has no closed form for " + "; ".join(problems))
+    return vae.log_likelihood(z, x).mean(0) - kl

@@ -19,6 +19,13 @@ estimator it reports the total variance (the sum over the parameters' coordinate
 coordinate's variance across draws), the mean norm of a draw and the norm of the mean; per pair of
 estimators, the cosine similarity of their mean gradients and the distance between them against
 the distance their noise alone explains (they agree in expectation when it is about 1).
+
+The decaying-average baseline is Pyro's: one running average of the downstream cost per datapoint
+of the batch, so x must stay the same batch for the whole measurement (as it does here). Limits:
+a guide must build its distribution afresh at each call (it is switched to non-reparameterized in
+place); an IAF guide works in float32 but not in float64, where Pyro's iterative inverse of the
+autoregressive flow mixes in float32 tensors (the inverse runs because TraceGraph_ELBO scores a
+provenance-tracking copy of z, which misses the flow's cache).
 """
 from __future__ import annotations
 

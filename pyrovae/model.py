@@ -23,10 +23,14 @@ import torch
 from torch import nn
 
 from . import checks
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
+from .guides import GUIDES, DiagonalNormal
+from .likelihoods import LIKELIHOODS, Likelihood
 from .nets import NETS
-from .priors import PRIORS
+from .priors import PRIORS, StandardNormal
+
+
+def _name(component) -> str:
+    return getattr(component, "registry_name", type(component).__name__)
 
 
 class VAE(nn.Module):
@@ -184,6 +188,29 @@ class VAE(nn.Module):
         """n new x: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z). Shape [n, *input_shape]."""
         z = self.prior().sample((checks.positive_int("n", n),))
         return self.decode_mean(z) if mean else self.likelihood_of(z).sample()
+
+    # -- the closed form of the lecture notes (see estimators.closed_form_elbo) -----------------
+    def check_closed_form(self) -> None:
+        """Raise ValueError unless p(z) = N(0, I), q is diagonal Gaussian and p(x|z) has a hand-written density."""
+        problems = []
+        if type(self.prior) is not StandardNormal:
+            problems.append(f"prior {_name(self.prior)!r} (needs 'normal')")
+        if type(self.family) is not DiagonalNormal:
+            problems.append(f"guide {_name(self.family)!r} (needs 'diagonal')")
+        if type(self.likelihood).log_density is Likelihood.log_density:
+            problems.append(f"likelihood {_name(self.likelihood)!r} (no hand-written density)")
+        if problems:
+            raise ValueError("closed_form_elbo has no closed form for " + "; ".join(problems))
+
+    def posterior_params(self, x: torch.Tensor):
+        """(μ_φ(x), σ_φ(x)), each [batch, L], of the diagonal Gaussian guide (with gradients)."""
+        self.check_data(x)
+        q = self.family.params(self.encoder(x))
+        return q["loc"], q["scale"]
+
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) by the likelihood's hand-written formula: z [..., batch, L] → [..., batch]."""
+        return self.likelihood.log_density(self._decoder_out(self.decoder(z)), x)
 
     def describe(self) -> str:
         """The model in the lecture notes' notation."""

@@ -16,11 +16,8 @@ with ``pyro.module``.
 """
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checks
@@ -47,9 +44,10 @@ class Prior(nn.Module):
 PRIORS = Registry("prior", Prior)
 
 
-@PRIORS.register("normal")
-class StandardNormal(Prior):
-    """p(z) = N(0, I_L)."""
+class FixedPrior(Prior):
+    """p(z) = Π_l family(z_l; 0, 1) with no parameters (``family`` a location-scale class)."""
+
+    family = None
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
@@ -57,7 +55,14 @@ class StandardNormal(Prior):
 
     def forward(self):
         loc = self.zero.expand(self.latent_dim)
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return self.family(loc, torch.ones_like(loc)).to_event(1)
+
+
+@PRIORS.register("normal")
+class StandardNormal(FixedPrior):
+    """p(z) = N(0, I_L)."""
+
+    family = dist.Normal
 
     def describe(self):
         return f"N(0, I_{self.latent_dim})"
@@ -134,16 +139,10 @@ class VampPrior(Prior):
 
 
 @PRIORS.register("laplace")
-class StandardLaplace(Prior):
+class StandardLaplace(FixedPrior):
     """p(z) = Π_l Laplace(z_l; 0, 1) — heavier tails than the normal."""
 
-    def __init__(self, latent_dim: int):
-        super().__init__(latent_dim)
-        self.register_buffer("zero", torch.zeros(()))
-
-    def forward(self):
-        loc = self.zero.expand(self.latent_dim)
-        return dist.Laplace(loc, torch.ones_like(loc)).to_event(1)
+    family = dist.Laplace
 
     def describe(self):
         return f"Laplace(0, 1)^{self.latent_dim}"

@@ -155,7 +155,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
            "analytic_elbo": lambda b: est.analytic_elbo(vae.model, vae.guide, b),
            f"iwae_bound(k={iw_samples})": lambda b: est.iwae_bound(vae.model, vae.guide, b, iw_samples)}
     try:
-        est._require_closed_form(vae)
+        vae.check_closed_form()
         fns["closed_form_elbo"] = lambda b: est.closed_form_elbo(vae, b)
     except ValueError as e:
         closed_form_note = str(e)
