@@ -125,7 +125,34 @@ def cmd_plot(args):
         print(path)
 
 
-_EXTRA_COMMANDS = []
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="the estimator lab: MC vs analytic vs closed-form ELBO, IWAE in k, "
+                                       "gradient variance of the encoder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--test-size", type=int, default=1000, help="first N test points (default 1000; 0 = all)")
+    p.add_argument("--max-k", type=int, default=5000, help="largest IWAE k (of 1, 10, 100, 1000, 5000)")
+    p.add_argument("--gradient-draws", type=int, default=200,
+                   help="draws of the encoder gradient per estimator (0 skips the gradient variance)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_compare)
+
+
+def cmd_compare(args):
+    from . import compare, run
+
+    cfg, vae, test = run.load_run(args.run_dir)
+    x = test.x[: args.test_size or None]
+    result = compare.compare_estimators(vae, x, max_k=args.max_k, seed=args.seed, gradient_draws=args.gradient_draws,
+                                        progress=not args.json)
+    result["data"] = run.data_variant(cfg) + f" — first {len(x)} test points"
+    (args.run_dir / "compare.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    compare.plot_comparison(result, args.run_dir / "compare.png")
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
+          f"{result['data']}\n{compare.format_table(result)}")
+
+
+_EXTRA_COMMANDS = [_add_compare]
 
 
 def main(argv=None) -> int:

@@ -131,3 +131,17 @@ def test_python_dash_m_and_help():
     assert out.returncode == 0
     for command in ("train", "evaluate", "sample", "reconstruct", "plot"):
         assert command in out.stdout
+
+
+@needs_mnist
+def test_compare_writes_table_json_and_plot(mnist_run, capsys):
+    assert main(["compare", str(mnist_run), "--test-size", "60", "--max-k", "100", "--gradient-draws", "20",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["mc_elbo r=1", "mc_elbo r=10", "mc_elbo r=100", "analytic_elbo r=1", "closed_form_elbo r=1",
+                      "iwae_bound k=1", "iwae_bound k=10", "iwae_bound k=100"]
+    assert result["iw_samples_left_out"] == [1000, 5000]
+    assert result["gradient_variance"]["variance_ratio"]["score/reparam"] > 10
+    assert (mnist_run / "compare.png").stat().st_size > 10000
+    assert json.loads((mnist_run / "compare.json").read_text())["n"] == 60
