@@ -117,14 +117,16 @@ def _bernoulli_init(x, centres):
 
 
 def _gaussian_init(x, centres):
-    return {"loc": centres.clone(), "scale": x.std(0).clamp_min(2 * SCALE_FLOOR).expand_as(centres).clone()}
+    # Every component starts with the data's per-dimension spread (kept off the floor).
+    scale = x.std(0).clamp_min(2 * SCALE_FLOOR)
+    return {"loc": centres.clone(), "scale": scale.expand_as(centres).clone()}
 
 
 MIXTURE_FAMILIES = {
     "bernoulli": MixtureFamily(
         constraints={"probs": constraints.interval(PROBS_EPS, 1 - PROBS_EPS)},
         init=_bernoulli_init,
-        component=lambda p: dist.Bernoulli(probs=p["probs"]).to_event(1),
+        component=lambda p: dist.Bernoulli(logits=p["probs"].logit()).to_event(1),
     ),
     "gaussian": MixtureFamily(
         constraints={"loc": constraints.real, "scale": constraints.greater_than(SCALE_FLOOR)},

@@ -16,12 +16,41 @@ with ``pyro.module``.
 """
 from __future__ import annotations
 
+import math
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from . import checks
 from .registry import Registry
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """p(z) = Σ_k w_k N(z; m_k, diag s_k²) with log p(z) computed by matrix products.
+
+    log N(z; m_k, s_k²) = −½ [z² · s_k⁻² − 2 z · m_k s_k⁻² + m_k² · s_k⁻²] − Σ log s_k − L/2 log 2π,
+    so for n points and K components the quadratic form costs two [n, L] × [L, K] products instead
+    of an [n, K, L] tensor: what makes a VampPrior's IWAE with k = 5000 affordable on a CPU.
+    ``logits`` [K], ``locs`` and ``scales`` [K, L]; batch shape [], event shape [L].
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits, locs, scales, validate_args=None):
+        self.logits, self.locs, self.scales = logits, locs, scales
+        super().__init__(torch.Size(), locs.shape[-1:], validate_args=False)
+
+    def log_prob(self, z):
+        prec = self.scales.pow(-2)                                          # [K, L]
+        quad = (z * z) @ prec.T - 2 * z @ (self.locs * prec).T + (self.locs.pow(2) * prec).sum(-1)
+        log_norm = -self.scales.log().sum(-1) - 0.5 * self.locs.shape[-1] * math.log(2 * math.pi)
+        return torch.logsumexp(self.logits.log_softmax(-1) + log_norm - 0.5 * quad, -1)
+
+    def sample(self, sample_shape=torch.Size()):
+        k = dist.Categorical(logits=self.logits).sample(sample_shape)
+        return dist.Normal(self.locs[k], self.scales[k]).sample()
 
 
 class Prior(nn.Module):
@@ -100,8 +129,7 @@ class GaussianMixture(Prior):
         self.log_scales = nn.Parameter(torch.zeros(components, latent_dim))
 
     def forward(self):
-        comp = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)  # batch [K], event [L]
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
+        return DiagonalNormalMixture(self.logits, self.locs, self.log_scales.exp())
 
     def describe(self):
         return f"Σ_k w_k N(m_k, diag s_k²), K = {self.components}, z ∈ R^{self.latent_dim}"
@@ -131,8 +159,11 @@ class VampPrior(Prior):
         if self._posterior is None:
             raise RuntimeError("VampPrior must be attached to a VAE (VAE(prior=VampPrior(...)) does this)")
         comp = self._posterior(self.pseudo_inputs)  # batch [K], event [L]
-        mix = dist.Categorical(logits=torch.zeros(self.components, device=self.pseudo_inputs.device))
-        return dist.MixtureSameFamily(mix, comp)
+        logits = self.pseudo_inputs.new_zeros(self.components)
+        base = getattr(comp, "base_dist", None)
+        if type(comp) is dist.Independent and type(base) is dist.Normal:  # a diagonal Gaussian guide
+            return DiagonalNormalMixture(logits, base.loc, base.scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), comp)
 
     def describe(self):
         return f"1/K Σ_k q_φ(z|u_k), K = {self.components} learned pseudo-inputs"
