@@ -134,9 +134,10 @@ class LocScaleLikelihood(Likelihood):
 
     family = None  # a torch distribution class with (loc, scale)
 
-    def __init__(self, input_shape, scale: float = 0.1, learn_scale: bool = False):
+    def __init__(self, input_shape, scale: float = 0.1, learn_scale: bool = False, per_pixel: bool = True):
         super().__init__(input_shape)
-        log_scale = torch.full(self.input_shape, math.log(checks.positive_float("scale", scale)))
+        shape = self.input_shape if per_pixel else ()
+        log_scale = torch.full(shape, math.log(checks.positive_float("scale", scale)))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:
@@ -165,16 +166,24 @@ class GaussianLikelihood(LocScaleLikelihood):
     def describe(self):
         return f"N(μ_x(z), σ² I), σ = {self.log_scale.exp().flatten()[0].item():.3g}"
 
+    def isotropic_scale(self) -> float:
+        """σ of N(μ_x(z), σ² I) (ValueError when σ differs across pixels)."""
+        values = self.log_scale.exp().flatten()
+        if not torch.allclose(values, values[0]):
+            raise ValueError("the likelihood's σ differs across pixels: not N(μ, σ² I)")
+        return values[0].item()
+
 
 @LIKELIHOODS.register("gaussian-learned")
 class LearnedGaussianLikelihood(GaussianLikelihood):
-    """p(x|z) = N(x; μ_x(z), diag σ²) with one learned σ_d per pixel (initialised at ``scale``)."""
+    """p(x|z) = N(x; μ_x(z), diag σ²) with one learned σ_d per pixel (initialised at ``scale``);
+    ``per_pixel=False``: one learned σ for all, N(μ_x(z), σ² I) (with a linear decoder: PPCA)."""
 
-    def __init__(self, input_shape, scale: float = 0.1):
-        super().__init__(input_shape, scale, learn_scale=True)
+    def __init__(self, input_shape, scale: float = 0.1, per_pixel: bool = True):
+        super().__init__(input_shape, scale, learn_scale=True, per_pixel=per_pixel)
 
     def describe(self):
-        return "N(μ_x(z), diag σ²), σ learned per pixel"
+        return "N(μ_x(z), diag σ²), σ learned per pixel" if self.log_scale.dim() else "N(μ_x(z), σ² I), σ learned"
 
 
 @LIKELIHOODS.register("gaussian-decoder")

@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -90,7 +91,7 @@ def _figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def save_figure(fig: Figure, path: PathLike) -> Path:
     """Write ``fig`` as a PNG to ``path`` (creating its folder) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,7 @@ def _save_image_grid(images: np.ndarray, ncol: int, path: PathLike, title: str,
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _images_or_raise(vae, x) -> np.ndarray:
@@ -162,6 +163,7 @@ def _plot_lines(ax, epoch: np.ndarray, rows: list, series: Iterable, ylabel: str
             finite = np.isfinite(values)
             ax.plot(epoch[finite], values[finite], marker="o", markersize=3, label=label)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
@@ -183,7 +185,7 @@ def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Pat
     _plot_lines(right, epoch, rows, [("reconstruction", "reconstruction E_q[log p(x|z)]"),
                                      ("kl", "KL(q(z|x) ‖ p(z))")],
                 "nats per datapoint", "ELBO = reconstruction − KL")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- image figures
@@ -277,13 +279,13 @@ def plot_latent_scatter(vae, x, labels, path: PathLike) -> Path:
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7)
-        return _save(fig, path)
+        return save_figure(fig, path)
     labels = torch.as_tensor(labels).cpu().numpy()
     k = max(10, int(labels.max()) + 1)  # colours for the labels 0..k-1
     dots = ax.scatter(points[:, 0], points[:, 1], c=labels, s=6, alpha=0.8,
                       cmap="tab10" if k == 10 else "viridis", vmin=-0.5, vmax=k - 0.5)
     fig.colorbar(dots, ax=ax, label="label", ticks=range(k) if k == 10 else None)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- everything
