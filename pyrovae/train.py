@@ -115,11 +115,26 @@ class Trainer:
         self.test = None if test_data is None else as_split(test_data, "test_data").to(self.device)
         self.batch_size = checks.positive_int("batch_size", batch_size)
         first = self.data.x[: self.batch_size]
-        self.raw = (model, guide)
+        self.pair = (model, guide)
         self.elbo = make_elbo(elbo, num_particles, _plate_nesting(model, guide, first))
         self.params = pair_params(model, guide, first)
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=checks.positive_float("lr", lr))
+        self.lr = checks.positive_float("lr", lr)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=self.lr) if self.params else None
+        self.store_size = len(pyro.get_param_store())
         self.history: List[dict] = []
+
+    def _adopt_new_params(self) -> None:
+        """Parameters a pair creates after its first trace (a branch not taken then) join the optimizer."""
+        store = pyro.get_param_store()
+        if len(store) == self.store_size:
+            return
+        new = {n: p for n, p in store.named_parameters() if n not in self.params and p.grad is not None}
+        if new and self.optimizer is None:
+            self.optimizer = torch.optim.Adam(list(new.values()), lr=self.lr)
+        elif new:
+            self.optimizer.add_param_group({"params": list(new.values())})
+        self.params.update(new)
+        self.store_size = len(store)
 
     def _scale(self, xb):
         """Minibatch scale N/B (the last batch of an epoch may be smaller)."""
@@ -128,9 +143,11 @@ class Trainer:
     def step(self, xb) -> float:
         """One SVI step on a minibatch; returns −ELBO per datapoint of the batch."""
         scale = self._scale(xb)
-        loss = self.elbo.loss_and_grads(poutine.scale(self.raw[0], scale), poutine.scale(self.raw[1], scale), xb)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.elbo.loss_and_grads(poutine.scale(self.pair[0], scale), poutine.scale(self.pair[1], scale), xb)
+        self._adopt_new_params()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return loss / (scale * xb.shape[0])
 
     def run_epoch(self, epoch: int, bar=None) -> float:
@@ -154,7 +171,7 @@ class Trainer:
     def evaluate(self, batch_size: int = 1000) -> dict:
         """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set)."""
         x = self.test.x if self.test is not None else self.data.epoch(0)[:EVAL_POINTS]
-        parts = [elbo_parts(*self.raw, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        parts = [elbo_parts(*self.pair, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return {k: torch.cat([p[k] for p in parts]).mean().item() for k in ("elbo", "reconstruction", "kl")}
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -162,7 +179,7 @@ class Trainer:
         return {
             "epoch": len(self.history),
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "history": self.history,
@@ -171,7 +188,8 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         load_params(self.params, state["params"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():

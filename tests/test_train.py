@@ -173,3 +173,16 @@ def test_every_elbo_trains_a_vae(elbo):
     vae = pyrovae.VAE((6, 5), 2, hidden=(16,))
     rows = train(vae.model, vae.guide, x, epochs=3, batch_size=50, elbo=elbo, num_particles=2, progress=False, seed=0)
     assert rows[-1]["train_elbo"] > rows[0]["train_elbo"]
+
+
+def test_a_parameter_created_after_the_first_step_is_trained():
+    calls = {"n": 0}
+
+    def model(x):
+        calls["n"] += 1
+        loc = pyro.param("late_loc", torch.zeros(())) if calls["n"] > 3 else torch.zeros(())
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    train(model, lambda x: None, torch.randn(200) + 3.0, epochs=30, batch_size=50, lr=0.1, progress=False)
+    assert pyro.param("late_loc").item() == pytest.approx(3.0, abs=0.3)
