@@ -195,3 +195,31 @@ def test_closed_form_rejects_components_without_one():
         vae = small_vae(**kw)
         with pytest.raises(ValueError, match="no closed form"):
             closed_form_elbo(vae, data())
+
+
+def test_ppca_exact_posterior_makes_every_draw_exact_and_a_wrong_guide_is_below():
+    """Probabilistic PCA (z ~ N(0, I), x ~ N(Wz + b, σ²I)): log p(x) in closed form."""
+    from pyrovae.exact import make_ppca_exact_guide, make_ppca_model, ppca_log_evidence, ppca_posterior
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    sigma = 0.5
+    x = (torch.randn(40, 2, generator=g, dtype=torch.float64) @ W.T + b
+         + sigma * torch.randn(40, 5, generator=g, dtype=torch.float64))
+    model, exact = make_ppca_model(W, b, sigma), make_ppca_exact_guide(W, b, sigma)
+    log_px = ppca_log_evidence(x, W, b, sigma)
+    draws = log_weights(model, exact, x, 20)                                          # [20, 40]
+    assert torch.allclose(draws, log_px.expand_as(draws), atol=1e-8)                  # every draw is exact
+
+    def wrong(x):  # the posterior mean shifted by 0.3 and its spread inflated 1.5 times
+        loc, cov = ppca_posterior(x, W, b, sigma)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.MultivariateNormal(loc + 0.3, covariance_matrix=2.25 * cov))
+
+    with torch.no_grad():
+        lw = log_weights(model, wrong, x, 2000)
+        elbo, se = lw.mean(0), lw.std(0) / math.sqrt(2000)
+        iw = iwae_bound(model, wrong, x, 5000)
+    assert (elbo < log_px - 4 * se).all()
+    assert (iw - log_px).abs().max() < 0.05
