@@ -170,7 +170,7 @@ def _plot_lines(ax, epoch: np.ndarray, rows: list, series: Iterable, ylabel: str
 
 
 def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Path:
-    """ELBO per epoch (left) and its two terms per epoch (right).
+    """ELBO per epoch (left) and its two terms, reconstruction (middle) and KL (right), each on its own scale.
 
     ``metrics``: the rows of ``metrics.csv`` as dicts (keys ``epoch``, ``train_elbo``,
     ``test_elbo``, ``reconstruction``, ``kl``; any may be missing, None or NaN) or the CSV's path.
@@ -179,12 +179,12 @@ def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Pat
     epoch = _column(rows, "epoch")
     if not np.isfinite(epoch).all():
         epoch = np.arange(1, len(rows) + 1, dtype=float)
-    fig, (left, right) = _figure(10.0, 4.0, ncols=2)
+    fig, (left, middle, right) = _figure(13.5, 4.0, ncols=3)
     _plot_lines(left, epoch, rows, [("train_elbo", "train"), ("test_elbo", "test")],
-                "ELBO (nats per datapoint)", "ELBO")
-    _plot_lines(right, epoch, rows, [("reconstruction", "reconstruction E_q[log p(x|z)]"),
-                                     ("kl", "KL(q(z|x) ‖ p(z))")],
-                "nats per datapoint", "ELBO = reconstruction − KL")
+                "ELBO (nats per datapoint)", "ELBO = reconstruction − KL")
+    _plot_lines(middle, epoch, rows, [("reconstruction", "test")], "nats per datapoint",
+                "reconstruction E_q[log p(x|z)]")
+    _plot_lines(right, epoch, rows, [("kl", "test")], "nats per datapoint", "KL(q(z|x) ‖ p(z))")
     return save_figure(fig, path)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import pyro
 import torch
@@ -29,12 +29,12 @@ from . import checks
 from .data import DataSplit
 from .estimators import _plate_nesting, _traces, elbo_parts
 
-#: name → ELBO factory (num_particles, max_plate_nesting)
-ELBOS: Dict[str, Callable] = {
-    "trace": lambda r, m: Trace_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
-    "mean-field": lambda r, m: TraceMeanField_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
-    "iwae": lambda r, m: RenyiELBO(alpha=0, num_particles=r, vectorize_particles=True, max_plate_nesting=m),
-    "graph": lambda r, m: TraceGraph_ELBO(num_particles=r, vectorize_particles=True, max_plate_nesting=m),
+#: name → Pyro ELBO class and its fixed options
+ELBOS: Dict[str, Tuple[type, dict]] = {
+    "trace": (Trace_ELBO, {}),
+    "mean-field": (TraceMeanField_ELBO, {}),
+    "iwae": (RenyiELBO, {"alpha": 0}),
+    "graph": (TraceGraph_ELBO, {}),
 }
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
 
@@ -44,9 +44,12 @@ class TrainingError(RuntimeError):
 
 
 def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
+    """The Pyro ELBO called ``name``; r > 1 particles are vectorized (one pass, an extra plate)."""
     if name not in ELBOS:
         raise ValueError(f"unknown elbo {name!r}; expected one of {', '.join(ELBOS)}")
-    return ELBOS[name](checks.positive_int("num_particles", num_particles), max_plate_nesting)
+    cls, options = ELBOS[name]
+    r = checks.positive_int("num_particles", num_particles)
+    return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting, **options)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -90,6 +93,12 @@ def _diverged(epoch: int, step: int, what: str):
                         f"learning rate or check the data); the last good checkpoint is kept")
 
 
+def _invalid_parameter(e: ValueError) -> Optional[str]:
+    """What a validation error says of a distribution parameter (None when it is about something else)."""
+    lines = [line for line in str(e).splitlines() if line.startswith("Expected parameter")]
+    return f"a distribution parameter became NaN/Inf ({lines[0].rstrip(':')})" if lines else None
+
+
 def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
     """Copy saved values into the pair's parameters in place (shapes must match)."""
     missing = sorted(set(params) - set(saved))
@@ -106,8 +115,10 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
 class Trainer:
     """The state of one training run; :func:`train` is the function to call."""
 
-    def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device):
+    def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
+                 validate: bool = False):
         self.device = resolve_device(device)
+        self.validate, self.steps = validate, 0
         for fn in (model, guide):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
@@ -140,15 +151,35 @@ class Trainer:
         """Minibatch scale N/B (the last batch of an epoch may be smaller)."""
         return len(self.data) / xb.shape[0]
 
-    def step(self, xb) -> float:
-        """One SVI step on a minibatch; returns −ELBO per datapoint of the batch."""
+    def _scaled_pair(self, xb):
         scale = self._scale(xb)
-        loss = self.elbo.loss_and_grads(poutine.scale(self.pair[0], scale), poutine.scale(self.pair[1], scale), xb)
+        return poutine.scale(self.pair[0], scale), poutine.scale(self.pair[1], scale)
+
+    def step(self, xb) -> float:
+        """One SVI step on a minibatch; returns −ELBO per datapoint of the batch.
+
+        Pyro's validation (distribution arguments, supports, site shapes) checks the first step
+        of a run, which catches a pair's static mistakes; later steps skip it (about 10% of a
+        step's time), unless ``validate`` is set. A non-finite loss takes no optimizer step.
+        """
+        with pyro.validation_enabled(self.validate or self.steps == 0):
+            loss = self.elbo.loss_and_grads(*self._scaled_pair(xb), xb)
+        self.steps += 1
         self._adopt_new_params()
         if self.optimizer is not None:
-            self.optimizer.step()
+            if math.isfinite(loss):
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss / (scale * xb.shape[0])
+        return loss / (self._scale(xb) * xb.shape[0])
+
+    def _why_not_finite(self, xb, loss: float) -> str:
+        """Rerun the batch's loss with validation on, to name a NaN/Inf distribution parameter."""
+        try:
+            with pyro.validation_enabled(True), torch.no_grad():
+                self.elbo.loss(*self._scaled_pair(xb), xb)
+        except ValueError as e:
+            return _invalid_parameter(e) or f"the loss became {loss} ({str(e).splitlines()[0]})"
+        return f"the loss became {loss}"
 
     def run_epoch(self, epoch: int, bar=None) -> float:
         total, n = 0.0, len(self.data)
@@ -156,11 +187,11 @@ class Trainer:
             try:
                 loss = self.step(xb)
             except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
-                if "invalid values" not in str(e):
+                if _invalid_parameter(e) is None:
                     raise
-                _diverged(epoch, step, f"a distribution parameter became NaN/Inf ({str(e).splitlines()[0]})")
+                _diverged(epoch, step, _invalid_parameter(e))
             if not math.isfinite(loss):
-                _diverged(epoch, step, f"the loss became {loss}")
+                _diverged(epoch, step, self._why_not_finite(xb, loss))
             total += loss * xb.shape[0] / n
             if bar is not None:
                 bar.update(1)
@@ -199,7 +230,8 @@ class Trainer:
 def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
           num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
           checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
-          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None) -> List[dict]:
+          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None,
+          validate: bool = False) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -214,12 +246,15 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         checkpoint: a path written atomically after every epoch (parameters, optimizer and RNG
             states, history, ``config``). ``resume=True`` continues from it exactly.
         callback: called after every epoch with the history so far (a list of rows).
+        validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
+            step; by default it runs on the first step only, and a non-finite loss at any step
+            stops training and is then diagnosed with validation on.
     """
     checks.positive_int("epochs", epochs)
     if seed is not None:
         pyro.set_rng_seed(seed)
     trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
-                      num_particles=num_particles, test_data=test_data, device=device)
+                      num_particles=num_particles, test_data=test_data, device=device, validate=validate)
     if resume:
         trainer.load_state(ckpt.load(checkpoint))
     bar = _progress_bar(trainer, epochs) if progress else None

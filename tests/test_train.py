@@ -131,7 +131,8 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.parametrize("poison_kind,what", [("nan-parameter", "a distribution parameter became NaN/Inf"),
                                                ("inf-loss", "the loss became inf")])
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, poison_kind, what):
+@pytest.mark.parametrize("validate", [False, True])
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, poison_kind, what, validate):
     poison = {"on": False}
 
     def model(x):
@@ -151,8 +152,20 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
 
     with pytest.raises(TrainingError, match=f"diverged at epoch 2, step 1: {what}"):
         train(model, guide, torch.randn(100), epochs=3, batch_size=10, checkpoint=tmp_path / "c.pt",
-              progress=False, callback=after_epoch)
+              progress=False, callback=after_epoch, validate=validate)
     assert ckpt.load(tmp_path / "c.pt")["epoch"] == 1
+    # the bad step's gradients were not applied: the parameter in memory is still the last good one
+    assert torch.isfinite(pyro.param("loc")) and pyro.param("loc").item() == pytest.approx(
+        ckpt.load(tmp_path / "c.pt")["params"]["loc"].item(), abs=0.05)
+
+
+def test_first_step_is_validated_so_a_pairs_mistake_is_named():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(0.5), obs=x)  # x is Gaussian: outside {0, 1}
+
+    with pytest.raises(ValueError, match="support"):
+        train(model, lambda x: None, torch.randn(20), epochs=1, batch_size=10, progress=False)
 
 
 def test_bad_training_arguments():
