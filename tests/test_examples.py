@@ -1,0 +1,50 @@
+"""The example scripts run end to end on real data (small budgets) and print what they promise."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA_DIR, needs_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"(-?\d+\.\d+)"
+
+
+def run_example(script, *args):
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@needs_mnist
+def test_hand_written_pair_prints_every_estimator_in_order():
+    out = run_example("hand_written_pair.py", "--epochs", "1", "--subset", "2000", "--iw-samples", "100")
+    values = {name: float(v) for name, v in re.findall(r"^\s+(\w+) \([rk]=\d+\)\s+" + NUMBER, out, re.M)}
+    assert set(values) == {"mc_elbo", "analytic_elbo", "closed_form_elbo", "iwae_bound"}, out
+    assert all(-400 < v < 0 for v in values.values()), out          # log-probabilities of binary images
+    # the three ELBOs estimate the same number (r = 10 each, 500 images); IWAE(100) lies above them
+    assert max(values["mc_elbo"], values["analytic_elbo"], values["closed_form_elbo"]) - \
+        min(values["mc_elbo"], values["analytic_elbo"], values["closed_form_elbo"]) < 1.0, out
+    assert values["iwae_bound"] > values["analytic_elbo"], out
+    assert "analytic sites: ['z']" in out
+
+
+@needs_mnist
+def test_swap_components_trains_every_variant():
+    out = run_example("swap_components.py", "--epochs", "1", "--subset", "1000")
+    rows = re.findall(r"^  (.+?)\s+" + NUMBER + r"\s+p\(z\) = ", out, re.M)
+    assert [name for name, _ in rows] == ["notes' VAE", "mixture prior, K=10", "VampPrior, K=50",
+                                          "Student-t prior (object)", "continuous Bernoulli", "IAF guide, 2 flows"], out
+    assert all(float(v) < 0 for name, v in rows if name != "continuous Bernoulli"), out
+
+
+def test_frey_face_example_writes_its_plots(tmp_path):
+    if not DATA_DIR or not (Path(DATA_DIR) / "FreyFace" / "frey_rawface.mat").exists():
+        pytest.skip("set PYROVAE_DATA_DIR to the folder holding FreyFace/frey_rawface.mat")
+    out = run_example("frey_face.py", "--epochs", "2", "--out", str(tmp_path))
+    assert re.search(r"test ELBO -?\d+\.\d nats per face after 2 epochs", out), out
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"curves.png", "reconstructions.png", "samples.png",
+                                                         "manifold.png", "interpolation.png"}
