@@ -42,7 +42,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "prior": "normal", "likelihood": "bernoulli", "guide": "diagonal",
               "prior_options": {}, "likelihood_options": {}, "guide_options": {}},
     "train": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "elbo": "trace", "num_particles": 1,
-              "seed": 0, "device": "auto"},
+              "kl_warmup": 0, "seed": 0, "device": "auto"},
 }
 
 #: keys whose value must be one of a set of names (a function, so registries added later count)
@@ -56,7 +56,7 @@ CHOICES = {
     ("model", "activation"): lambda: [""] + sorted(ACTIVATIONS),
     ("train", "elbo"): lambda: list(ELBOS),
 }
-NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("train", "seed")}
+NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("train", "seed"), ("train", "kl_warmup")}
 
 
 class ConfigError(ValueError):

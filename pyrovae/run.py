@@ -98,7 +98,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
     vae = build_vae(cfg, train_split.shape)
     start = time.perf_counter()
     history = train(vae.model, vae.guide, train_split, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
-                    elbo=t["elbo"], num_particles=t["num_particles"], test_data=test_split, device=str(device),
+                    elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
+                    test_data=test_split, device=str(device),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     callback=lambda h: write_metrics(out / "metrics.csv", h))
     summary = {

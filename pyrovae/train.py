@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.util import get_rng_state, set_rng_state
 from torch import nn
@@ -37,6 +38,28 @@ ELBOS: Dict[str, Tuple[type, dict]] = {
     "graph": (TraceGraph_ELBO, {}),
 }
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
+
+
+class ScaleLatents(Messenger):
+    """Multiply the log-density of every latent (unobserved) sample site by ``beta``.
+
+    Around both the model and the guide this turns any ELBO into the β-weighted objective
+    E_q[log p(x|z)] − β KL(q(z|x) ‖ p(z)) (TraceMeanField_ELBO scales its closed-form KL the same
+    way): the KL warm-up of Sønderby et al. (2016) and Tomczak & Welling (2018) for β < 1.
+    """
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.beta * msg["scale"]
+
+
+def warmup_beta(epoch: int, kl_warmup: int) -> float:
+    """β of epoch ``epoch`` (from 1): min(1, epoch / kl_warmup), and 1 without warm-up."""
+    return 1.0 if kl_warmup == 0 else min(1.0, epoch / kl_warmup)
 
 
 class TrainingError(RuntimeError):
@@ -118,7 +141,7 @@ class Trainer:
     def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
                  validate: bool = False):
         self.device = resolve_device(device)
-        self.validate, self.steps = validate, 0
+        self.validate, self.steps, self.beta = validate, 0, 1.0
         for fn in (model, guide):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
@@ -152,8 +175,10 @@ class Trainer:
         return len(self.data) / xb.shape[0]
 
     def _scaled_pair(self, xb):
+        """The pair scaled to the data-set size (N/B), its latent sites by β during a KL warm-up."""
         scale = self._scale(xb)
-        return poutine.scale(self.pair[0], scale), poutine.scale(self.pair[1], scale)
+        pair = [poutine.scale(fn, scale) for fn in self.pair]
+        return [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else pair
 
     def step(self, xb) -> float:
         """One SVI step on a minibatch; returns −ELBO per datapoint of the batch.
@@ -181,8 +206,9 @@ class Trainer:
             return _invalid_parameter(e) or f"the loss became {loss} ({str(e).splitlines()[0]})"
         return f"the loss became {loss}"
 
-    def run_epoch(self, epoch: int, bar=None) -> float:
-        total, n = 0.0, len(self.data)
+    def run_epoch(self, epoch: int, bar=None, beta: float = 1.0) -> float:
+        """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1)."""
+        total, n, self.beta = 0.0, len(self.data), beta
         for step, xb in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
             try:
                 loss = self.step(xb)
@@ -231,7 +257,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
           num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
           checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
           progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None,
-          validate: bool = False) -> List[dict]:
+          validate: bool = False, kl_warmup: int = 0) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -249,8 +275,14 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
             step; by default it runs on the first step only, and a non-finite loss at any step
             stops training and is then diagnosed with validation on.
+        kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
+            β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
+            0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
+            objective; the test ELBO, reconstruction and KL are always those of β = 1.
     """
     checks.positive_int("epochs", epochs)
+    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+        raise ValueError(f"kl_warmup must be a non-negative integer (epochs), got {kl_warmup!r}")
     if seed is not None:
         pyro.set_rng_seed(seed)
     trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
@@ -261,7 +293,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
     try:
         for epoch in range(len(trainer.history) + 1, epochs + 1):
             start = time.perf_counter()
-            train_elbo = trainer.run_epoch(epoch, bar)
+            train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup))
             scores = trainer.evaluate()
             row = {"epoch": epoch, "train_elbo": train_elbo,
                    "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),

@@ -5,11 +5,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 import pyrovae
 from pyrovae import checkpoint as ckpt
 from pyrovae.exact import ppca_log_evidence, ppca_mle
-from pyrovae.train import TrainingError, train
+from pyrovae.train import ScaleLatents, TrainingError, train, warmup_beta
 
 from conftest import needs_mnist
 
@@ -199,3 +200,41 @@ def test_a_parameter_created_after_the_first_step_is_trained():
 
     train(model, lambda x: None, torch.randn(200) + 3.0, epochs=30, batch_size=50, lr=0.1, progress=False)
     assert pyro.param("late_loc").item() == pytest.approx(3.0, abs=0.3)
+
+
+@pytest.mark.parametrize("elbo_cls", [pyro.infer.Trace_ELBO, pyro.infer.TraceMeanField_ELBO])
+def test_kl_warmup_scales_the_kl_term_and_nothing_else(elbo_cls):
+    """ScaleLatents(β) turns the ELBO into E_q[log p(x|z)] − β KL: with the same draws, the
+    objective at β = 0.5 exceeds the ELBO by exactly KL/2 (KL in closed form, the notes' formula)."""
+    x = (torch.rand(20, 6, generator=torch.Generator().manual_seed(0)) > 0.5).double()
+    vae = pyrovae.VAE(6, 3, hidden=(8,)).double()
+    elbo = elbo_cls()
+    with torch.no_grad():
+        pyro.set_rng_seed(1)
+        full = -elbo.loss(vae.model, vae.guide, x)
+        pyro.set_rng_seed(1)
+        half = -elbo.loss(ScaleLatents(0.5)(vae.model), ScaleLatents(0.5)(vae.guide), x)
+        mu, sigma = vae.posterior_params(x)
+        kl = (0.5 * (mu ** 2 + sigma ** 2 - torch.log(sigma ** 2) - 1)).sum().item()
+    if elbo_cls is pyro.infer.Trace_ELBO:  # Monte Carlo KL: log q(z) − log p(z) at the drawn z
+        pyro.set_rng_seed(1)
+        tr = poutine.trace(vae.guide).get_trace(x)
+        z = tr.nodes["z"]["value"]
+        kl = (tr.nodes["z"]["fn"].log_prob(z) - vae.prior().log_prob(z)).sum().item()
+    assert half - full == pytest.approx(0.5 * kl, rel=1e-9)
+
+
+def test_kl_warmup_in_training():
+    assert [warmup_beta(e, 4) for e in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert warmup_beta(1, 0) == 1.0
+    x = (torch.rand(200, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    rows = {}
+    for warmup in (0, 3):
+        pyro.clear_param_store()
+        vae = pyrovae.VAE(6, 2, hidden=(16,))
+        rows[warmup] = train(vae.model, vae.guide, x, epochs=3, batch_size=50, kl_warmup=warmup, seed=0, progress=False)
+    # the β < 1 objective of epoch 1 lies above the ELBO (KL ≥ 0 down-weighted); at β = 1 the objective is the ELBO
+    assert rows[3][0]["train_elbo"] > rows[0][0]["train_elbo"]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="kl_warmup must be a non-negative integer"):
+            train(vae.model, vae.guide, x, epochs=1, kl_warmup=bad, progress=False)
