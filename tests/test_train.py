@@ -132,6 +132,7 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.parametrize("poison_kind,what", [("nan-parameter", "a distribution parameter became NaN/Inf"),
                                                ("inf-loss", "the loss became inf")])
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning, before our error
 @pytest.mark.parametrize("validate", [False, True])
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, poison_kind, what, validate):
     poison = {"on": False}
