@@ -33,6 +33,8 @@ MODELS = {
     # With tanh the VampPrior collapses from the first epoch (KL ≈ 0: the encoder maps every x and
     # every pseudo-input to the same q(z|·)), with or without a KL warm-up; with softplus, and a
     # 10-epoch warm-up as in Tomczak & Welling, it trains. The one departure from Burda's network.
+    # the VampPrior's control: the same network and budget with the standard normal prior
+    "vae-softplus": {"model": {"activation": "softplus"}, "train": {"elbo": "trace"}},
     "vamp": {"model": {"prior": "vamp", "prior_options": {"components": 500}, "activation": "softplus"},
              "train": {"elbo": "trace", "kl_warmup": 10}},
 }
@@ -56,7 +58,8 @@ def main():
     p.add_argument("--test-size", type=int, default=0, help="0 = all 10,000")
     p.add_argument("--only", nargs="*", default=list(MODELS))
     args = p.parse_args()
-    epochs = {"vae": args.epochs, "iwae-k5": args.iwae_epochs, "vamp": args.vamp_epochs}
+    epochs = {"vae": args.epochs, "iwae-k5": args.iwae_epochs, "vae-softplus": args.vamp_epochs,
+              "vamp": args.vamp_epochs}
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
