@@ -78,6 +78,8 @@ def cmd_train(args):
     final = summary["final"]
     print(f"{summary['data']}: epoch {final['epoch']}, train ELBO {final['train_elbo']:.2f}, "
           f"test ELBO {final['test_elbo']:.2f} nats per datapoint → {args.out}")
+    for warning in summary["warnings"]:
+        print(f"pyrovae: warning: {warning}", file=sys.stderr)
 
 
 def cmd_evaluate(args):

@@ -23,6 +23,8 @@ from .model import VAE
 from .train import load_params, pair_params, resolve_device, train
 
 METRIC_COLUMNS = ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
+#: below this KL (nats per datapoint) q(z|x) ≈ p(z) for every x: the decoder ignores z
+COLLAPSED_KL = 0.1
 VARIANTS = {"none": "intensities in [0, 1]", "static": "static binarization (seed 0)",
             "dynamic": "dynamic binarization (test set binarized once, seed 1)"}
 
@@ -109,10 +111,20 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
         "device": str(device), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "versions": {"torch": torch.__version__, "pyro": pyro.__version__},
         "units": "nats per datapoint (log-probabilities)",
+        "warnings": [w for w in [collapse_warning(history[-1]["kl"])] if w],
     }
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     _plot_run(vae, out, test_split, history)
     return summary
+
+
+def collapse_warning(kl: float) -> Optional[str]:
+    """A warning when the final KL says the posterior has collapsed (None otherwise)."""
+    if kl >= COLLAPSED_KL:
+        return None
+    return (f"KL(q(z|x) ‖ p(z)) = {kl:.3g} nats per datapoint: the posterior has collapsed (q(z|x) ≈ p(z) "
+            f"for every x, so the decoder ignores z); try a KL warm-up (--set train.kl_warmup=10), more "
+            f"epochs or another activation (tanh networks collapse with the VampPrior, see BENCHMARKS.md)")
 
 
 def _plot_run(vae, out, test_split, history):

@@ -34,7 +34,28 @@ def test_train_writes_the_run_dir(mnist_run):
     assert -400 < float(rows[1]["test_elbo"]) < -100                          # nats per image, a log-probability
     summary = json.loads((mnist_run / "summary.json").read_text())
     assert summary["data"].startswith("mnist, dynamic binarization") and summary["n_train"] == 2000
+    assert summary["warnings"] == [] and summary["final"]["kl"] > 1
     assert "subset = 2000" in (mnist_run / "config.toml").read_text()
+
+
+@needs_mnist
+def test_train_warns_when_the_posterior_collapses(tmp_path, capsys):
+    """A VampPrior on tanh networks collapses from the first epoch (BENCHMARKS.md): say so."""
+    args = ["train", "--out", str(tmp_path / "r"), "--set", "model.prior=vamp", "--set", "model.activation=tanh",
+            "--set", "model.prior_options={components = 10}", "--set", "model.hidden=[200, 200]",
+            "--set", "data.subset=6000", "--set", "data.test_subset=500", "--set", "train.epochs=2",
+            "--set", "train.batch_size=100"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["final"]["kl"] < 0.1
+    assert "the posterior has collapsed" in capsys.readouterr().err and len(summary["warnings"]) == 1
+
+
+def test_collapse_warning_threshold():
+    from pyrovae.run import collapse_warning
+
+    assert collapse_warning(0.0004) is not None and "0.0004 nats" in collapse_warning(0.0004)
+    assert collapse_warning(5.0) is None
 
 
 @needs_mnist
