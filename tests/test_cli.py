@@ -107,6 +107,8 @@ def run_error(args, capsys):
 
 @pytest.mark.parametrize("override,message", [
     ("train.epochs=0", "train.epochs must be > 0, got 0"),
+    ("train.kl_warmup=-2", "train.kl_warmup must be >= 0, got -2"),
+    ("train.kl_warmup=0.5", "train.kl_warmup must be an integer, got 0.5"),
     ("model.prior=gauss", "model.prior must be one of 'laplace', 'learned-normal', 'mixture', 'normal', 'vamp'; got 'gauss'"),
     ("train.optimizer=sgd", "unknown key train.optimizer; allowed keys in [train]"),
     ("trainer.epochs=3", "unknown section(s) ['trainer']"),
