@@ -213,9 +213,10 @@ class Trainer:
             try:
                 loss = self.step(xb)
             except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
-                if _invalid_parameter(e) is None:
+                what = _invalid_parameter(e)
+                if what is None:
                     raise
-                _diverged(epoch, step, _invalid_parameter(e))
+                _diverged(epoch, step, what)
             if not math.isfinite(loss):
                 _diverged(epoch, step, self._why_not_finite(xb, loss))
             total += loss * xb.shape[0] / n
@@ -281,8 +282,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             objective; the test ELBO, reconstruction and KL are always those of β = 1.
     """
     checks.positive_int("epochs", epochs)
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be a non-negative integer (epochs), got {kl_warmup!r}")
+    checks.non_negative_int("kl_warmup", kl_warmup, " (epochs)")
     if seed is not None:
         pyro.set_rng_seed(seed)
     trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
