@@ -70,7 +70,10 @@ class Likelihood(nn.Module):
 
     def _channel(self, out: torch.Tensor, i: int) -> torch.Tensor:
         """The i-th of the P numbers per pixel: [..., P, *input_shape] → [..., *input_shape]."""
-        return out.select(-len(self.input_shape) - 1, i)
+        dim = -len(self.input_shape) - 1
+        if self.num_params == 1:  # a view, whose gradient is one too (select's would be a new tensor)
+            return out.squeeze(dim)
+        return out.select(dim, i)
 
     def _sum_pixels(self, t: torch.Tensor) -> torch.Tensor:
         return t.flatten(-len(self.input_shape)).sum(-1)

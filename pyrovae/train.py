@@ -12,6 +12,7 @@ test set, or on the first 2000 training points when there is none), ``seconds``.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from pathlib import Path
@@ -73,6 +74,42 @@ def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
     cls, options = ELBOS[name]
     r = checks.positive_int("num_particles", num_particles)
     return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting, **options)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks for reuse instead of returning them to the system.
+
+    A CPU training step allocates and frees the same tensors (activations, gradients) every
+    step. glibc serves blocks above its mmap threshold with fresh pages from the kernel and trims
+    the heap back after they are freed, so every step pays page faults on every large tensor —
+    about a fifth of a VAE step's time here (BENCHMARKS.md). Raising the mmap and trim
+    thresholds keeps such memory in the heap. They are set once per process, which then keeps
+    its memory near its peak. Returns whether it applied (glibc on Linux).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is None:
+        _MALLOC_TUNED = False
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            _MALLOC_TUNED = all(libc.mallopt(option, value) == 1 for option, value in MALLOPT.items())
+        except (OSError, AttributeError):  # not glibc
+            pass
+    return _MALLOC_TUNED
+
+
+#: glibc mallopt options: M_MMAP_THRESHOLD (−3) at its 32 MiB maximum, M_TRIM_THRESHOLD (−1) 1 GiB,
+#: M_TOP_PAD (−2) 64 MiB
+MALLOPT = {-3: 32 << 20, -1: 1 << 30, -2: 64 << 20}
+_MALLOC_TUNED: Optional[bool] = None
+
+
+def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """One ``torch.optim.Adam`` over all parameters, fused (one kernel per parameter) where torch
+    supports it for their device and dtype; the update is Adam's either way."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # e.g. a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -141,7 +178,9 @@ class Trainer:
     def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
                  validate: bool = False):
         self.device = resolve_device(device)
-        self.validate, self.steps, self.beta = validate, 0, 1.0
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
         for fn in (model, guide):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
@@ -153,7 +192,7 @@ class Trainer:
         self.elbo = make_elbo(elbo, num_particles, _plate_nesting(model, guide, first))
         self.params = pair_params(model, guide, first)
         self.lr = checks.positive_float("lr", lr)
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=self.lr) if self.params else None
+        self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
         self.store_size = len(pyro.get_param_store())
         self.history: List[dict] = []
 
@@ -164,7 +203,7 @@ class Trainer:
             return
         new = {n: p for n, p in store.named_parameters() if n not in self.params and p.grad is not None}
         if new and self.optimizer is None:
-            self.optimizer = torch.optim.Adam(list(new.values()), lr=self.lr)
+            self.optimizer = make_adam(list(new.values()), self.lr)
         elif new:
             self.optimizer.add_param_group({"params": list(new.values())})
         self.params.update(new)
@@ -175,10 +214,15 @@ class Trainer:
         return len(self.data) / xb.shape[0]
 
     def _scaled_pair(self, xb):
-        """The pair scaled to the data-set size (N/B), its latent sites by β during a KL warm-up."""
-        scale = self._scale(xb)
-        pair = [poutine.scale(fn, scale) for fn in self.pair]
-        return [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else pair
+        """The pair scaled to the data-set size (N/B), its latent sites by β during a KL warm-up.
+
+        Built once per (N/B, β) and reused: an epoch has at most two batch sizes.
+        """
+        key = (self._scale(xb), self.beta)
+        if key not in self._pairs:
+            pair = [poutine.scale(fn, key[0]) for fn in self.pair]
+            self._pairs[key] = [ScaleLatents(key[1])(fn) for fn in pair] if key[1] != 1.0 else pair
+        return self._pairs[key]
 
     def step(self, xb) -> float:
         """One SVI step on a minibatch; returns −ELBO per datapoint of the batch.

@@ -1,5 +1,6 @@
 """pyrovae.train: any model/guide pair, minibatch scaling, exact resume, atomic checkpoints, NaN guard."""
 import os
+import platform
 
 import pyro
 import pyro.distributions as dist
@@ -239,3 +240,36 @@ def test_kl_warmup_in_training():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="kl_warmup must be a non-negative integer"):
             train(vae.model, vae.guide, x, epochs=1, kl_warmup=bad, progress=False)
+
+
+def test_fused_adam_takes_adams_steps():
+    """make_adam's optimizer (fused on CPU) moves parameters as torch's reference Adam does."""
+    from pyrovae.train import make_adam
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(5, 3, generator=g), [torch.randn(5, 3, generator=g) for _ in range(4)]
+    params = {}
+    for name, opt_fn in (("fused", make_adam), ("reference", lambda p, lr: torch.optim.Adam(p, lr=lr))):
+        p = start.clone().requires_grad_()
+        opt = opt_fn([p], 0.01)
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        params[name] = p.detach()
+    assert make_adam([start.clone().requires_grad_()], 0.01).defaults["fused"] is True
+    assert not torch.equal(params["fused"], start)
+    torch.testing.assert_close(params["fused"], params["reference"], rtol=1e-6, atol=1e-7)
+
+
+def test_trainer_reuses_its_scaled_pair_and_tunes_malloc_once():
+    from pyrovae.train import Trainer, keep_freed_memory
+    model, guide = linear_gaussian_pair(3, 1)
+    trainer = Trainer(model, guide, torch.randn(300, 3), batch_size=64, lr=1e-3, elbo="trace", num_particles=1,
+                      test_data=None, device="cpu")
+    full, last = torch.zeros(64, 3), torch.zeros(300 - 4 * 64, 3)
+    assert trainer._scaled_pair(full) is trainer._scaled_pair(torch.ones(64, 3))
+    assert trainer._scaled_pair(last) is not trainer._scaled_pair(full)
+    trainer.beta = 0.5
+    assert trainer._scaled_pair(full) is not trainer._pairs[(300 / 64, 1.0)]
+    assert len(trainer._pairs) == 3
+    applies = os.uname().sysname == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is applies and keep_freed_memory() is applies
