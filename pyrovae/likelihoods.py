@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checks
+from .distributions import LOG_2PI, IndependentBernoulli
 from .registry import Registry
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 class Likelihood(nn.Module):
@@ -102,7 +101,10 @@ LIKELIHOODS = Registry("likelihood", Likelihood)
 
 @LIKELIHOODS.register("bernoulli")
 class BernoulliLikelihood(UnitIntervalLikelihood):
-    """p(x|z) = Π_d Bernoulli(x_d; sigmoid(f_θ(z)_d))."""
+    """p(x|z) = Π_d Bernoulli(x_d; sigmoid(f_θ(z)_d)), as ``IndependentBernoulli`` (one fused kernel)."""
+
+    def forward(self, out):
+        return IndependentBernoulli(self.params(out)["logits"], len(self.input_shape))
 
     def distribution(self, logits):
         return dist.Bernoulli(logits=logits, validate_args=False)  # relaxed targets allowed
