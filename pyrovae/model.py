@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Union
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from . import checks
@@ -131,6 +132,13 @@ class VAE(nn.Module):
             self._checked = (x, x._version)  # holding x keeps its identity from being reused
         return x
 
+    def _validate(self, x) -> None:
+        """``check_data(x)`` while Pyro's validation is on (its default). ``pyrovae.train`` checks
+        the whole data set once instead, and validates only its first step: a check per batch
+        costs about 7% of a training step (BENCHMARKS.md)."""
+        if is_validation_enabled():
+            self.check_data(x)
+
     def _plate(self, x):
         n = x.shape[0]
         if self.num_data is None:
@@ -140,7 +148,7 @@ class VAE(nn.Module):
     # -- Pyro model and guide ----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
         """p(z) p(x|z): registers decoder, likelihood and prior; observes x [batch, *input_shape]."""
-        self.check_data(x)
+        self._validate(x)
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         pyro.module("prior", self.prior)
@@ -152,7 +160,7 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         """q_φ(z|x): registers the encoder and family, samples z by reparameterization."""
-        self.check_data(x)
+        self._validate(x)
         self._register_encoder()
         with self._plate(x):
             pyro.sample("z", self.posterior(x))

@@ -148,6 +148,16 @@ def pair_params(model, guide, x) -> Dict[str, torch.Tensor]:
     return {n: store[n] for n in sorted(names)}
 
 
+def _check_data_once(model, *splits) -> None:
+    """A model whose owner checks its data (``VAE.check_data``) checks each whole split here,
+    once: its model and guide then check batches only while Pyro's validation is on."""
+    check = getattr(_owner(model), "check_data", None)
+    if check is not None:
+        for split in splits:
+            if split is not None:
+                check(split.x)
+
+
 def _diverged(epoch: int, step: int, what: str):
     raise TrainingError(f"training diverged at epoch {epoch}, step {step}: {what}. Training stopped (lower the "
                         f"learning rate or check the data); the last good checkpoint is kept")
@@ -186,6 +196,7 @@ class Trainer:
                 _owner(fn).to(self.device)
         self.data = as_split(data).to(self.device)
         self.test = None if test_data is None else as_split(test_data, "test_data").to(self.device)
+        _check_data_once(model, self.data, self.test)
         self.batch_size = checks.positive_int("batch_size", batch_size)
         first = self.data.x[: self.batch_size]
         self.pair = (model, guide)
@@ -229,7 +240,8 @@ class Trainer:
 
         Pyro's validation (distribution arguments, supports, site shapes) checks the first step
         of a run, which catches a pair's static mistakes; later steps skip it (about 10% of a
-        step's time), unless ``validate`` is set. A non-finite loss takes no optimizer step.
+        step's time), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
+        A non-finite loss takes no optimizer step.
         """
         with pyro.validation_enabled(self.validate or self.steps == 0):
             loss = self.elbo.loss_and_grads(*self._scaled_pair(xb), xb)

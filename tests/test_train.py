@@ -273,3 +273,16 @@ def test_trainer_reuses_its_scaled_pair_and_tunes_malloc_once():
     assert len(trainer._pairs) == 3
     applies = os.uname().sysname == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is applies and keep_freed_memory() is applies
+
+
+@pytest.mark.parametrize("bad, match", [(float("nan"), "x must be finite, got 1 NaN/Inf"),
+                                        (2.0, r"x must lie in \[0, 1\] for the bernoulli likelihood")])
+def test_a_vaes_data_are_checked_whole_before_the_first_step(bad, match):
+    """Batches after the first are not checked one by one (Pyro's validation is off then): the
+    trainer checks the whole training and test sets up front, a bad value in the last row included."""
+    x = (torch.rand(300, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    vae = pyrovae.VAE(6, 2, hidden=(8,))
+    for data, test in ((x.clone(), None), (x, x.clone())):
+        (test if test is not None else data)[-1, -1] = bad
+        with pytest.raises(ValueError, match=match):
+            train(vae.model, vae.guide, data, test_data=test, epochs=1, batch_size=50, progress=False)
