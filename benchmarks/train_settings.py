@@ -1,33 +1,78 @@
-"""What the trainer's settings cost: pyrovae.train as it was (Pyro validation on every step,
-a particle plate of size 1) and as it is (validation on the first step only, no plate for
-r = 1), against the hand-written loop of train_throughput.py, in one process, in alternation.
+"""What each of the trainer's speed settings buys: pyrovae.train as it is, and with one setting
+undone at a time, against the hand-written loop of train_throughput.py, in one process, in
+alternation (median of ``--repeats`` epochs each).
 
-    python benchmarks/train_settings.py --objective mean-field --subset 10240 [--repeats 5]
+Settings undone, one per variant:
+
+* ``plain Adam``            torch.optim.Adam without ``fused=True``
+* ``generic distributions`` the prior as Normal(0, 1).expand([L]).to_event(1) and the likelihood as
+                            Bernoulli(logits).to_event(2), instead of pyrovae.distributions
+* ``data check per batch``  the VAE checks every batch (shape, finite, range), not the data set once
+* ``validate every step``   Pyro's validation on at every step, not the first only
+* ``glibc thresholds``      malloc's mmap/trim/top-pad thresholds at glibc's initial 128 KiB during
+                            this variant's epochs (train.keep_freed_memory undone)
+
+    python benchmarks/train_settings.py --objective mean-field --subset 10240 [--repeats 9]
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
+import types
 
 import pyro
 import torch
 
 import pyrovae
 from pyrovae.data import load_dataset
-from pyrovae.train import ELBOS, Trainer
-from train_throughput import BATCH, HIDDEN, LATENT, HandWrittenVAE, hand_written_epoch
+from pyrovae.likelihoods import Likelihood
+from pyrovae.priors import FixedPrior
+from pyrovae.train import MALLOPT, Trainer
+from train_throughput import BATCH, HIDDEN, LATENT, hand_written
+
+GLIBC_INITIAL = {option: 128 << 10 for option in MALLOPT}
 
 
-def trainer(data, objective, old: bool) -> Trainer:
+def mallopt(settings: dict) -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    for option, value in settings.items():
+        libc.mallopt(option, value)
+
+
+def plain_adam(tr):
+    tr.optimizer = torch.optim.Adam(list(tr.params.values()), lr=tr.lr)
+
+
+def generic_distributions(tr):
+    vae = tr.pair[0].__self__
+    vae.prior.forward = types.MethodType(FixedPrior.forward, vae.prior)
+    vae.likelihood.forward = types.MethodType(Likelihood.forward, vae.likelihood)
+
+
+def check_every_batch(tr):
+    vae = tr.pair[0].__self__
+    vae._validate = vae.check_data
+
+
+def validate_every_step(tr):
+    tr.validate = True
+
+
+VARIANTS = {"now": None, "plain Adam": plain_adam, "generic distributions": generic_distributions,
+            "data check per batch": check_every_batch, "validate every step": validate_every_step,
+            "glibc thresholds": None}
+
+
+def trainer(data, objective, undo) -> Trainer:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,))
     tr = Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
-                 test_data=None, device="cpu", validate=old)
-    if old:
-        cls, options = ELBOS[objective]
-        tr.elbo = cls(num_particles=1, vectorize_particles=True, max_plate_nesting=1, **options)
+                 test_data=None, device="cpu")
+    if undo is not None:
+        undo(tr)
     return tr
 
 
@@ -35,24 +80,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", choices=["mean-field", "trace"], default="mean-field")
     p.add_argument("--subset", type=int, default=10240)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     args = p.parse_args()
     data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
-    before, now = trainer(data, args.objective, True), trainer(data, args.objective, False)
-    hand = HandWrittenVAE()
-    opt = torch.optim.Adam(hand.parameters(), lr=1e-3)
-    runs = {"before": before.run_epoch, "now": now.run_epoch,
-            "hand-written": lambda e: hand_written_epoch(hand, opt, data, e, args.objective)}
+    runs = {name: trainer(data, args.objective, undo).run_epoch for name, undo in VARIANTS.items()}
+    runs["hand-written"] = hand_written(data, args.objective, fused=False)
     rates = {k: [] for k in runs}
     for r in range(args.repeats + 1):  # round 0 warms up
         for name, run in runs.items():
+            mallopt(GLIBC_INITIAL if name == "glibc thresholds" else MALLOPT)
             start = time.perf_counter()
             run(r + 1)
             if r:
                 rates[name].append(len(data) / (time.perf_counter() - start))
+    mallopt(MALLOPT)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{args.objective}, {args.subset} images, {torch.get_num_threads()} threads: " +
-          ", ".join(f"{k} {v:.0f} x/s (ratio {v / med['hand-written']:.3f})" for k, v in med.items()))
+    print(f"# {args.objective}, {args.subset} MNIST images (dynamic binarization), batch {BATCH}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} alternating epochs")
+    print(f"{'variant':<24}{'images/s':>10}{'vs now':>8}{'vs hand-written':>17}")
+    for k, v in med.items():
+        print(f"{k:<24}{v:>10.0f}{v / med['now']:>8.3f}{v / med['hand-written']:>17.3f}")
 
 
 if __name__ == "__main__":

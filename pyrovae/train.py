@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -84,11 +85,14 @@ def keep_freed_memory() -> bool:
     the heap back after they are freed, so every step pays page faults on every large tensor —
     about a fifth of a VAE step's time here (BENCHMARKS.md). Raising the mmap and trim
     thresholds keeps such memory in the heap. They are set once per process, which then keeps
-    its memory near its peak. Returns whether it applied (glibc on Linux).
+    its memory near its peak; ``PYROVAE_KEEP_FREED_MEMORY=0`` in the environment leaves malloc
+    alone. Returns whether it applied (glibc on Linux).
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED is None:
         _MALLOC_TUNED = False
+        if os.environ.get("PYROVAE_KEEP_FREED_MEMORY", "1") == "0":
+            return False
         try:
             libc = ctypes.CDLL("libc.so.6")
             _MALLOC_TUNED = all(libc.mallopt(option, value) == 1 for option, value in MALLOPT.items())

@@ -1,4 +1,5 @@
 """pyrovae.train: any model/guide pair, minibatch scaling, exact resume, atomic checkpoints, NaN guard."""
+import importlib
 import os
 import platform
 
@@ -286,3 +287,13 @@ def test_a_vaes_data_are_checked_whole_before_the_first_step(bad, match):
         (test if test is not None else data)[-1, -1] = bad
         with pytest.raises(ValueError, match=match):
             train(vae.model, vae.guide, data, test_data=test, epochs=1, batch_size=50, progress=False)
+
+
+def test_malloc_tuning_can_be_declined(monkeypatch):
+    train_module = importlib.import_module("pyrovae.train")  # pyrovae.train is also the function
+    monkeypatch.setattr(train_module, "_MALLOC_TUNED", None)
+    monkeypatch.setenv("PYROVAE_KEEP_FREED_MEMORY", "0")
+    assert train_module.keep_freed_memory() is False
+    monkeypatch.setattr(train_module, "_MALLOC_TUNED", None)
+    monkeypatch.delenv("PYROVAE_KEEP_FREED_MEMORY")
+    assert train_module.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
