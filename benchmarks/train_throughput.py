@@ -15,7 +15,7 @@ is reported with the ratios — the machine is shared and noisy, so only ratios 
 side mean anything. pyrovae.train's malloc setting (train.keep_freed_memory) holds for the
 whole process, so the hand-written loops have it too.
 
-    python benchmarks/train_throughput.py [--subset 20000] [--repeats 5] [--threads 2]
+    python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def measure(objective, data, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subset", type=int, default=20000, help="training images per epoch")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
