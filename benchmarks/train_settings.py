@@ -2,22 +2,20 @@
 undone at a time, against the hand-written loop of train_throughput.py, in one process, in
 alternation (median of ``--repeats`` epochs each).
 
-Settings undone, one per variant:
+Settings undone, one per variant (``now, again`` is a second trainer with nothing undone: how
+far apart two identical trainers land is the noise floor of the comparison):
 
 * ``plain Adam``            torch.optim.Adam without ``fused=True``
 * ``generic distributions`` the prior as Normal(0, 1).expand([L]).to_event(1) and the likelihood as
                             Bernoulli(logits).to_event(2), instead of pyrovae.distributions
 * ``data check per batch``  the VAE checks every batch (shape, finite, range), not the data set once
 * ``validate every step``   Pyro's validation on at every step, not the first only
-* ``glibc thresholds``      malloc's mmap/trim/top-pad thresholds at glibc's initial 128 KiB during
-                            this variant's epochs (train.keep_freed_memory undone)
 
-    python benchmarks/train_settings.py --objective mean-field --subset 10240 [--repeats 9]
+    python benchmarks/train_settings.py --objective mean-field --subset 10240 [--repeats 15]
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import time
 import types
@@ -29,17 +27,8 @@ import pyrovae
 from pyrovae.data import load_dataset
 from pyrovae.likelihoods import Likelihood
 from pyrovae.priors import FixedPrior
-from pyrovae.train import MALLOPT, Trainer
+from pyrovae.train import Trainer
 from train_throughput import BATCH, HIDDEN, LATENT, hand_written
-
-GLIBC_INITIAL = {option: 128 << 10 for option in MALLOPT}
-
-
-def mallopt(settings: dict) -> None:
-    libc = ctypes.CDLL("libc.so.6")
-    for option, value in settings.items():
-        libc.mallopt(option, value)
-
 
 def plain_adam(tr):
     tr.optimizer = torch.optim.Adam(list(tr.params.values()), lr=tr.lr)
@@ -60,13 +49,12 @@ def validate_every_step(tr):
     tr.validate = True
 
 
-VARIANTS = {"now": None, "plain Adam": plain_adam, "generic distributions": generic_distributions,
-            "data check per batch": check_every_batch, "validate every step": validate_every_step,
-            "glibc thresholds": None}
+VARIANTS = {"now": None, "now, again": None, "plain Adam": plain_adam, "generic distributions": generic_distributions,
+            "data check per batch": check_every_batch, "validate every step": validate_every_step}
 
 
 def trainer(data, objective, undo) -> Trainer:
-    pyro.clear_param_store()
+    pyro.clear_param_store()  # each trainer takes its own VAE's parameters from a fresh store
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,))
     tr = Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
@@ -86,14 +74,14 @@ def main():
     runs = {name: trainer(data, args.objective, undo).run_epoch for name, undo in VARIANTS.items()}
     runs["hand-written"] = hand_written(data, args.objective, fused=False)
     rates = {k: [] for k in runs}
-    for r in range(args.repeats + 1):  # round 0 warms up
-        for name, run in runs.items():
-            mallopt(GLIBC_INITIAL if name == "glibc thresholds" else MALLOPT)
+    names = list(runs)
+    for r in range(args.repeats + 1):  # round 0 warms up; each round starts one variant later
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run = runs[name]
             start = time.perf_counter()
             run(r + 1)
             if r:
                 rates[name].append(len(data) / (time.perf_counter() - start))
-    mallopt(MALLOPT)
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"# {args.objective}, {args.subset} MNIST images (dynamic binarization), batch {BATCH}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} alternating epochs")

@@ -12,8 +12,7 @@ baseline) and with the fused Adam that pyrovae.train uses (the same optimizer: t
 then measures the Pyro model/guide and SVI against plain PyTorch alone). All three are timed in
 alternation (``--repeats`` rounds of one epoch each) and the median samples per second of each
 is reported with the ratios — the machine is shared and noisy, so only ratios measured side by
-side mean anything. pyrovae.train's malloc setting (train.keep_freed_memory) holds for the
-whole process, so the hand-written loops have it too.
+side mean anything. Each round starts one loop later, so that no loop always follows the same one.
 
     python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
 """
@@ -86,8 +85,10 @@ def measure(objective, data, repeats):
     runs = {"pyrovae.train": trainer.run_epoch, "hand-written": hand_written(data, objective, fused=False),
             "hand, fused Adam": hand_written(data, objective, fused=True)}
     rates = {name: [] for name in runs}
+    names = list(runs)
     for r in range(repeats + 1):  # round 0 warms up all
-        for name, run in runs.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run = runs[name]
             start = time.perf_counter()
             run(r + 1)
             if r:

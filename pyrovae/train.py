@@ -12,9 +12,7 @@ test set, or on the first 2000 training points when there is none), ``seconds``.
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -75,36 +73,6 @@ def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
     cls, options = ELBOS[name]
     r = checks.positive_int("num_particles", num_particles)
     return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting, **options)
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed blocks for reuse instead of returning them to the system.
-
-    A CPU training step allocates and frees the same tensors (activations, gradients) every
-    step. glibc serves blocks above its mmap threshold with fresh pages from the kernel and trims
-    the heap back after they are freed, so every step pays page faults on every large tensor —
-    about a fifth of a VAE step's time here (BENCHMARKS.md). Raising the mmap and trim
-    thresholds keeps such memory in the heap. They are set once per process, which then keeps
-    its memory near its peak; ``PYROVAE_KEEP_FREED_MEMORY=0`` in the environment leaves malloc
-    alone. Returns whether it applied (glibc on Linux).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED is None:
-        _MALLOC_TUNED = False
-        if os.environ.get("PYROVAE_KEEP_FREED_MEMORY", "1") == "0":
-            return False
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            _MALLOC_TUNED = all(libc.mallopt(option, value) == 1 for option, value in MALLOPT.items())
-        except (OSError, AttributeError):  # not glibc
-            pass
-    return _MALLOC_TUNED
-
-
-#: glibc mallopt options: M_MMAP_THRESHOLD (−3) at its 32 MiB maximum, M_TRIM_THRESHOLD (−1) 1 GiB,
-#: M_TOP_PAD (−2) 64 MiB
-MALLOPT = {-3: 32 << 20, -1: 1 << 30, -2: 64 << 20}
-_MALLOC_TUNED: Optional[bool] = None
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -192,8 +160,6 @@ class Trainer:
     def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
                  validate: bool = False):
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
         for fn in (model, guide):
             if _owner(fn) is not None:

@@ -1,7 +1,5 @@
 """pyrovae.train: any model/guide pair, minibatch scaling, exact resume, atomic checkpoints, NaN guard."""
-import importlib
 import os
-import platform
 
 import pyro
 import pyro.distributions as dist
@@ -261,8 +259,8 @@ def test_fused_adam_takes_adams_steps():
     torch.testing.assert_close(params["fused"], params["reference"], rtol=1e-6, atol=1e-7)
 
 
-def test_trainer_reuses_its_scaled_pair_and_tunes_malloc_once():
-    from pyrovae.train import Trainer, keep_freed_memory
+def test_trainer_reuses_its_scaled_pair():
+    from pyrovae.train import Trainer
     model, guide = linear_gaussian_pair(3, 1)
     trainer = Trainer(model, guide, torch.randn(300, 3), batch_size=64, lr=1e-3, elbo="trace", num_particles=1,
                       test_data=None, device="cpu")
@@ -272,8 +270,6 @@ def test_trainer_reuses_its_scaled_pair_and_tunes_malloc_once():
     trainer.beta = 0.5
     assert trainer._scaled_pair(full) is not trainer._pairs[(300 / 64, 1.0)]
     assert len(trainer._pairs) == 3
-    applies = os.uname().sysname == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory() is applies and keep_freed_memory() is applies
 
 
 @pytest.mark.parametrize("bad, match", [(float("nan"), "x must be finite, got 1 NaN/Inf"),
@@ -287,13 +283,3 @@ def test_a_vaes_data_are_checked_whole_before_the_first_step(bad, match):
         (test if test is not None else data)[-1, -1] = bad
         with pytest.raises(ValueError, match=match):
             train(vae.model, vae.guide, data, test_data=test, epochs=1, batch_size=50, progress=False)
-
-
-def test_malloc_tuning_can_be_declined(monkeypatch):
-    train_module = importlib.import_module("pyrovae.train")  # pyrovae.train is also the function
-    monkeypatch.setattr(train_module, "_MALLOC_TUNED", None)
-    monkeypatch.setenv("PYROVAE_KEEP_FREED_MEMORY", "0")
-    assert train_module.keep_freed_memory() is False
-    monkeypatch.setattr(train_module, "_MALLOC_TUNED", None)
-    monkeypatch.delenv("PYROVAE_KEEP_FREED_MEMORY")
-    assert train_module.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
