@@ -134,8 +134,7 @@ class VAE(nn.Module):
 
     def _validate(self, x) -> None:
         """``check_data(x)`` while Pyro's validation is on (its default). ``pyrovae.train`` checks
-        the whole data set once instead, and validates only its first step: a check per batch
-        costs 3–8% of a training step (BENCHMARKS.md)."""
+        the whole data set once, before training, and validates only its first step."""
         if is_validation_enabled():
             self.check_data(x)
 
