@@ -16,19 +16,15 @@ far apart two identical trainers land is the noise floor of the comparison):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import types
 
-import pyro
 import torch
 
-import pyrovae
 from pyrovae.data import load_dataset
 from pyrovae.likelihoods import Likelihood
 from pyrovae.priors import FixedPrior
-from pyrovae.train import Trainer
-from train_throughput import BATCH, HIDDEN, LATENT, hand_written
+from train_throughput import BATCH, alternate, hand_written, pyrovae_trainer
+
 
 def plain_adam(tr):
     tr.optimizer = torch.optim.Adam(list(tr.params.values()), lr=tr.lr)
@@ -53,12 +49,8 @@ VARIANTS = {"now": None, "now, again": None, "plain Adam": plain_adam, "generic 
             "data check per batch": check_every_batch, "validate every step": validate_every_step}
 
 
-def trainer(data, objective, undo) -> Trainer:
-    pyro.clear_param_store()  # each trainer takes its own VAE's parameters from a fresh store
-    pyro.set_rng_seed(0)
-    vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,))
-    tr = Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
-                 test_data=None, device="cpu")
+def trainer(data, objective, undo):
+    tr = pyrovae_trainer(data, objective)
     if undo is not None:
         undo(tr)
     return tr
@@ -68,21 +60,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", choices=["mean-field", "trace"], default="mean-field")
     p.add_argument("--subset", type=int, default=10240)
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args()
     data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
     runs = {name: trainer(data, args.objective, undo).run_epoch for name, undo in VARIANTS.items()}
     runs["hand-written"] = hand_written(data, args.objective, fused=False)
-    rates = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(args.repeats + 1):  # round 0 warms up; each round starts one variant later
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            run = runs[name]
-            start = time.perf_counter()
-            run(r + 1)
-            if r:
-                rates[name].append(len(data) / (time.perf_counter() - start))
-    med = {k: statistics.median(v) for k, v in rates.items()}
+    med = {k: wall for k, (wall, _) in alternate(runs, len(data), args.repeats).items()}
     print(f"# {args.objective}, {args.subset} MNIST images (dynamic binarization), batch {BATCH}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} alternating epochs")
     print(f"{'variant':<24}{'images/s':>10}{'vs now':>8}{'vs hand-written':>17}")

@@ -60,13 +60,11 @@ class HandWrittenVAE(nn.Module):
 
 
 def hand_written_epoch(vae, opt, data, epoch, objective):
-    scale = len(data) / BATCH
     for xb in data.batches(BATCH, epoch=epoch):
         loss = vae.loss(xb, objective) * (len(data) / xb.shape[0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return scale
 
 
 def hand_written(data, objective, fused: bool):
@@ -76,24 +74,35 @@ def hand_written(data, objective, fused: bool):
     return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective)
 
 
-def measure(objective, data, repeats):
+def pyrovae_trainer(data, objective) -> Trainer:
+    """pyrovae's trainer of the same VAE, with its own parameters (a fresh param store)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,))
-    trainer = Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
-                      test_data=None, device="cpu")
-    runs = {"pyrovae.train": trainer.run_epoch, "hand-written": hand_written(data, objective, fused=False),
-            "hand, fused Adam": hand_written(data, objective, fused=True)}
-    rates = {name: ([], []) for name in runs}  # images per second of wall-clock and of CPU time
+    return Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
+                   test_data=None, device="cpu")
+
+
+def alternate(runs: dict, n_images: int, repeats: int) -> dict:
+    """Time ``runs`` (name → epoch function) in alternation, each round starting one run later
+    (round 0 warms up); name → median images per second of (wall-clock, CPU time)."""
+    rates = {name: ([], []) for name in runs}
     names = list(runs)
-    for r in range(repeats + 1):  # round 0 warms up all
+    for r in range(repeats + 1):
         for name in names[r % len(names):] + names[:r % len(names)]:
             wall, cpu = time.perf_counter(), time.process_time()
             runs[name](r + 1)
             if r:
-                rates[name][0].append(len(data) / (time.perf_counter() - wall))
-                rates[name][1].append(len(data) / (time.process_time() - cpu))
+                rates[name][0].append(n_images / (time.perf_counter() - wall))
+                rates[name][1].append(n_images / (time.process_time() - cpu))
     return {name: tuple(statistics.median(v) for v in pair) for name, pair in rates.items()}
+
+
+def measure(objective, data, repeats):
+    runs = {"pyrovae.train": pyrovae_trainer(data, objective).run_epoch,
+            "hand-written": hand_written(data, objective, fused=False),
+            "hand, fused Adam": hand_written(data, objective, fused=True)}
+    return alternate(runs, len(data), repeats)
 
 
 def main():
@@ -115,6 +124,7 @@ def main():
         ratios = [r[names[0]][k] / r[n][k] for k in (0, 1) for n in names[1:]]
         print(f"{objective:<12}" + "".join(f"{r[n][0]:>14.0f} x/s" for n in names) +
               f"{ratios[0]:>8.3f}{ratios[1]:>15.3f}{ratios[2]:>10.3f}, {ratios[3]:.3f}")
+
 
 if __name__ == "__main__":
     main()

@@ -209,8 +209,8 @@ class Trainer:
         """One SVI step on a minibatch; returns −ELBO per datapoint of the batch.
 
         Pyro's validation (distribution arguments, supports, site shapes) checks the first step
-        of a run, which catches a pair's static mistakes; later steps skip it (about 10% of a
-        step's time), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
+        of a run, which catches a pair's static mistakes; later steps skip it (5–7% of a step's
+        time, BENCHMARKS.md), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
         A non-finite loss takes no optimizer step.
         """
         with pyro.validation_enabled(self.validate or self.steps == 0):
