@@ -11,11 +11,12 @@ from . import estimators
 from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound, log_weights, mc_elbo
 from . import data
 from .train import train
+from .elbos import MeanField_ELBO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "PRIORS", "LIKELIHOODS", "GUIDES", "Prior", "Likelihood", "VariationalFamily",
     "estimators", "mc_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo", "iwae_bound",
-    "elbo_parts", "log_weights", "train", "data",
+    "elbo_parts", "log_weights", "train", "MeanField_ELBO", "data",
 ]

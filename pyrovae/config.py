@@ -34,7 +34,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, NETS
 from .priors import PRIORS
-from .train import ELBOS
+from .elbos import ELBOS
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "data": {"dataset": "mnist", "binarize": "dynamic", "subset": 0, "test_subset": 0, "data_dir": ""},

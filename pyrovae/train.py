@@ -15,28 +15,21 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.util import get_rng_state, set_rng_state
 from torch import nn
 
 from . import checkpoint as ckpt
 from . import checks
 from .data import DataSplit
+from .elbos import make_elbo
 from .estimators import _plate_nesting, _traces, elbo_parts
 
-#: name → Pyro ELBO class and its fixed options
-ELBOS: Dict[str, Tuple[type, dict]] = {
-    "trace": (Trace_ELBO, {}),
-    "mean-field": (TraceMeanField_ELBO, {}),
-    "iwae": (RenyiELBO, {"alpha": 0}),
-    "graph": (TraceGraph_ELBO, {}),
-}
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
 
 
@@ -64,15 +57,6 @@ def warmup_beta(epoch: int, kl_warmup: int) -> float:
 
 class TrainingError(RuntimeError):
     """Training stopped: a non-finite loss (the last good checkpoint is kept)."""
-
-
-def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
-    """The Pyro ELBO called ``name``; r > 1 particles are vectorized (one pass, an extra plate)."""
-    if name not in ELBOS:
-        raise ValueError(f"unknown elbo {name!r}; expected one of {', '.join(ELBOS)}")
-    cls, options = ELBOS[name]
-    r = checks.positive_int("num_particles", num_particles)
-    return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting, **options)
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:

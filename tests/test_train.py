@@ -203,7 +203,7 @@ def test_a_parameter_created_after_the_first_step_is_trained():
     assert pyro.param("late_loc").item() == pytest.approx(3.0, abs=0.3)
 
 
-@pytest.mark.parametrize("elbo_cls", [pyro.infer.Trace_ELBO, pyro.infer.TraceMeanField_ELBO])
+@pytest.mark.parametrize("elbo_cls", [pyro.infer.Trace_ELBO, pyro.infer.TraceMeanField_ELBO, pyrovae.MeanField_ELBO])
 def test_kl_warmup_scales_the_kl_term_and_nothing_else(elbo_cls):
     """ScaleLatents(β) turns the ELBO into E_q[log p(x|z)] − β KL: with the same draws, the
     objective at β = 0.5 exceeds the ELBO by exactly KL/2 (KL in closed form, the notes' formula)."""
