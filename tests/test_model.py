@@ -2,6 +2,7 @@
 import itertools
 
 import pyro
+from pyro import poutine
 import pytest
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
@@ -121,6 +122,18 @@ def test_minibatch_scaled_to_data_set_size():
     pyro.set_rng_seed(1)
     plain = Trace_ELBO().loss(vae.model, vae.guide, x)
     assert scaled == pytest.approx(plain * 100, rel=1e-5)
+
+
+def test_each_batch_size_gets_its_own_data_plate():
+    """The VAE reuses one plate per batch size: alternating sizes, each trace has its own plate
+    size and minibatch scale num_data / batch."""
+    vae = VAE(SHAPE, 3, hidden=(8,), num_data=120)
+    for n in (10, 6, 10, 8, 6):
+        tr = poutine.trace(poutine.replay(vae.model, trace=poutine.trace(vae.guide).get_trace(batch(n)))).get_trace(batch(n))
+        for name in ("z", "x"):
+            assert tr.nodes[name]["scale"] == pytest.approx(120 / n)
+            assert tr.nodes[name]["cond_indep_stack"][0].size == n
+            assert tr.nodes[name]["fn"].batch_shape == (n,)
 
 
 # -- bad input ----------------------------------------------------------------------------------
