@@ -1,27 +1,30 @@
-"""What each of the trainer's speed settings buys: pyrovae.train as it is, and with one setting
-undone at a time, against the hand-written loop of train_throughput.py, in one process, in
-alternation (median of ``--repeats`` epochs each).
+"""What each of the trainer's speed settings buys: one pyrovae trainer, run with each setting
+undone in turn (and restored after), against the hand-written loop of train_throughput.py, in
+one process, in alternation: rounds of one block of ``--block`` SVI steps per variant, on the
+same pre-drawn minibatches (so no data drawing is timed), median over ``--repeats`` rounds.
 
-Settings undone, one per variant (``now, again`` is a second trainer with nothing undone: how
-far apart two identical trainers land is the noise floor of the comparison):
+All variants run the *same* trainer (same parameters, optimizer state, memory), so a variant's
+difference from ``now`` is the setting and the machine's noise, not one instance against
+another; ``now, again`` is the same trainer with nothing undone, timed in its own slot: how far
+it lands from ``now`` is the noise floor. Settings undone, one per variant:
 
-* ``plain Adam``            torch.optim.Adam without ``fused=True``
+* ``plain Adam``            torch.optim.Adam without ``fused=True`` (a second optimizer on the same parameters)
 * ``generic distributions`` the prior as Normal(0, 1).expand([L]).to_event(1) and the likelihood as
                             Bernoulli(logits).to_event(2), instead of pyrovae.distributions
 * ``data check per batch``  the VAE checks every batch (shape, finite, range), not the data set once
 * ``validate every step``   Pyro's validation on at every step, not the first only
-* ``a plate per step``      the VAE builds its ``pyro.plate`` on every call, not once per batch size
 * ``Pyro's TraceMeanField`` (``mean-field`` only) pyro.infer.TraceMeanField_ELBO, which computes
                             log p(z) and log q(z|x) it does not use, instead of MeanField_ELBO
 
-    python benchmarks/train_settings.py --objective mean-field --subset 10240 [--repeats 15]
+    python benchmarks/train_settings.py --objective mean-field [--block 10] [--repeats 60]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import types
+from contextlib import contextmanager
 
-import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
@@ -31,59 +34,73 @@ from pyrovae.priors import FixedPrior
 from train_throughput import BATCH, alternate, hand_written, pyrovae_trainer
 
 
-def plain_adam(tr):
-    tr.optimizer = torch.optim.Adam(list(tr.params.values()), lr=tr.lr)
+class FixedBatches:
+    """The first ``n`` minibatches of epoch 1 of ``data``, drawn once, standing in for the data:
+    every "epoch" is these n batches; ``len`` is the data set's, so the N/B scale is unchanged."""
+
+    def __init__(self, data, n: int):
+        self.size, self.list = len(data), list(itertools.islice(data.batches(BATCH, epoch=1), n))
+
+    def __len__(self):
+        return self.size
+
+    def batches(self, batch_size, epoch):
+        return iter(self.list)
 
 
-def generic_distributions(tr):
+def undone_settings(tr, objective) -> dict:
+    """variant → the (object, attribute, value) swaps that undo one setting of trainer ``tr``."""
     vae = tr.pair[0].__self__
-    vae.prior.forward = types.MethodType(FixedPrior.forward, vae.prior)
-    vae.likelihood.forward = types.MethodType(Likelihood.forward, vae.likelihood)
+    variants = {
+        "now": [], "now, again": [],
+        "plain Adam": [(tr, "optimizer", torch.optim.Adam(list(tr.params.values()), lr=tr.lr))],
+        "generic distributions": [(vae.prior, "forward", types.MethodType(FixedPrior.forward, vae.prior)),
+                                  (vae.likelihood, "forward", types.MethodType(Likelihood.forward, vae.likelihood))],
+        "data check per batch": [(vae, "_validate", vae.check_data)],
+        "validate every step": [(tr, "validate", True)],
+    }
+    if objective == "mean-field":
+        variants["Pyro's TraceMeanField"] = [(tr, "elbo", TraceMeanField_ELBO(max_plate_nesting=tr.elbo.max_plate_nesting))]
+    return variants
 
 
-def check_every_batch(tr):
-    vae = tr.pair[0].__self__
-    vae._validate = vae.check_data
+@contextmanager
+def swapped(swaps):
+    """Set each ``obj.name = value`` for the duration; restore what was there."""
+    saved = [(obj, name, obj.__dict__.get(name, swapped)) for obj, name, _ in swaps]
+    for obj, name, value in swaps:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, old in saved:
+            if old is swapped:
+                delattr(obj, name)  # it was the class's: uncover it again
+            else:
+                setattr(obj, name, old)
 
 
-def validate_every_step(tr):
-    tr.validate = True
-
-
-def plate_per_step(tr):
-    vae = tr.pair[0].__self__
-    vae._plate = lambda x: pyro.plate("data", x.shape[0])
-
-
-def pyros_mean_field(tr):
-    tr.elbo = TraceMeanField_ELBO(max_plate_nesting=tr.elbo.max_plate_nesting)
-
-
-VARIANTS = {"now": None, "now, again": None, "plain Adam": plain_adam, "generic distributions": generic_distributions,
-            "data check per batch": check_every_batch, "validate every step": validate_every_step,
-            "a plate per step": plate_per_step, "Pyro's TraceMeanField": pyros_mean_field}
-
-
-def trainer(data, objective, undo):
-    tr = pyrovae_trainer(data, objective)
-    if undo is not None:
-        undo(tr)
-    return tr
+def epoch_with(tr, swaps):
+    def run(epoch):
+        with swapped(swaps):
+            tr.run_epoch(epoch)
+    return run
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", choices=["mean-field", "trace"], default="mean-field")
-    p.add_argument("--subset", type=int, default=10240)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--block", type=int, default=10, help="SVI steps per timed block")
+    p.add_argument("--repeats", type=int, default=60)
     args = p.parse_args()
-    data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
-    variants = {k: v for k, v in VARIANTS.items() if args.objective == "mean-field" or v is not pyros_mean_field}
-    runs = {name: trainer(data, args.objective, undo).run_epoch for name, undo in variants.items()}
-    runs["hand-written"] = hand_written(data, args.objective, fused=False)
-    med = {k: wall for k, (wall, _) in alternate(runs, len(data), args.repeats).items()}
-    print(f"# {args.objective}, {args.subset} MNIST images (dynamic binarization), batch {BATCH}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} alternating epochs")
+    data = load_dataset("mnist", "train", binarize="dynamic", subset=60000)
+    tr = pyrovae_trainer(data, args.objective)
+    tr.data = blocks = FixedBatches(data, args.block)
+    runs = {name: epoch_with(tr, swaps) for name, swaps in undone_settings(tr, args.objective).items()}
+    runs["hand-written"] = hand_written(blocks, args.objective, fused=False)
+    med = {k: wall for k, (wall, _) in alternate(runs, args.block * BATCH, args.repeats).items()}
+    print(f"# {args.objective}, MNIST (dynamic binarization, N = 60000), batch {BATCH}, {torch.get_num_threads()} "
+          f"threads, one trainer, median of {args.repeats} alternating blocks of {args.block} steps")
     print(f"{'variant':<24}{'images/s':>10}{'vs now':>8}{'vs hand-written':>17}")
     for k, v in med.items():
         print(f"{k:<24}{v:>10.0f}{v / med['now']:>8.3f}{v / med['hand-written']:>17.3f}")

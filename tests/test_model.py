@@ -124,9 +124,8 @@ def test_minibatch_scaled_to_data_set_size():
     assert scaled == pytest.approx(plain * 100, rel=1e-5)
 
 
-def test_each_batch_size_gets_its_own_data_plate():
-    """The VAE reuses one plate per batch size: alternating sizes, each trace has its own plate
-    size and minibatch scale num_data / batch."""
+def test_minibatch_scale_follows_each_batch_size():
+    """Alternating batch sizes, each trace has its own plate size and minibatch scale num_data / batch."""
     vae = VAE(SHAPE, 3, hidden=(8,), num_data=120)
     for n in (10, 6, 10, 8, 6):
         tr = poutine.trace(poutine.replay(vae.model, trace=poutine.trace(vae.guide).get_trace(batch(n)))).get_trace(batch(n))
