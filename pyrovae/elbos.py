@@ -33,7 +33,7 @@ class MeanField_ELBO(TraceMeanField_ELBO):
                                   + Σ_{latent, no KL} s·(log p(z) − log q(z|x))
 
     Pyro's class evaluates log p and log q at every site before choosing, so for a VAE with a
-    closed-form KL it computes log p(z) and log q(z|x) and then discards them (about 4% of a
+    closed-form KL it computes log p(z) and log q(z|x) and then discards them (2–4% of a
     784-400-50 MNIST step on a CPU, BENCHMARKS.md). This one computes each latent site's KL
     once, and log-densities only where there is none — the same value and gradients
     (tests/test_elbos.py). While Pyro's validation is on (and for a ``GuideMessenger`` guide) it
