@@ -144,9 +144,8 @@ class VAE(nn.Module):
         """The plate ``data`` over x's first dimension (of size ``num_data``, subsampled, if given).
 
         A plate is a reusable context manager: one is built per (batch size, ``num_data``,
-        device) and entered on every call: an estimated 1–2% of a training step, below what the
-        benchmarks resolve (BENCHMARKS.md).
-        It is built hidden from all handlers (``poutine.block``), so no trace records its
+        device) and re-entered on every call, which saves an estimated 1–2% of a training step
+        (below what the benchmarks resolve; BENCHMARKS.md). It is built hidden from all handlers (``poutine.block``), so no trace records its
         subsample indices (always ``arange(batch)`` here): model and guide traces stay alike.
         """
         key = (x.shape[0], self.num_data, x.device)
