@@ -145,8 +145,9 @@ class VAE(nn.Module):
 
         A plate is a reusable context manager: one is built per (batch size, ``num_data``,
         device) and re-entered on every call, which saves an estimated 1–2% of a training step
-        (below what the benchmarks resolve; BENCHMARKS.md). It is built hidden from all handlers (``poutine.block``), so no trace records its
-        subsample indices (always ``arange(batch)`` here): model and guide traces stay alike.
+        (below what the benchmarks resolve; BENCHMARKS.md). It is built hidden from all handlers
+        (``poutine.block``), so no trace records its subsample indices (always ``arange(batch)``
+        here): model and guide traces stay alike.
         """
         key = (x.shape[0], self.num_data, x.device)
         if key not in self._plates:
