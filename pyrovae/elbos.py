@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import kl_divergence
 
 from . import checks
+from .estimators import _kl_or_none, _traces
 
 
 class MeanField_ELBO(TraceMeanField_ELBO):
@@ -44,9 +42,7 @@ class MeanField_ELBO(TraceMeanField_ELBO):
         if is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
             model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
         else:
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-            model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+            model_trace, guide_trace = map(prune_subsample_sites, _traces(model, guide, *args, **kwargs))
         closed = _closed_form_kls(model_trace, guide_trace)
         model_trace.compute_log_prob(lambda name, site: name not in closed)  # memoized: no-op when done
         if any(s["type"] == "sample" and n not in closed for n, s in guide_trace.nodes.items()):
@@ -84,13 +80,11 @@ def _closed_form_kls(model_trace, guide_trace) -> set:
         if site["type"] != "sample" or site["is_observed"]:
             continue
         guide_site = guide_trace.nodes[name]
-        try:
-            kl = kl_divergence(guide_site["fn"], site["fn"])
-        except NotImplementedError:
-            continue
-        assert kl.shape == guide_site["fn"].batch_shape
-        guide_site["kl_sum"] = scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-        closed.add(name)
+        kl = _kl_or_none(guide_site, site, guide_site["scale"])
+        if kl is not None:
+            assert kl.shape == guide_site["fn"].batch_shape
+            guide_site["kl_sum"] = kl.sum()
+            closed.add(name)
     return closed
 
 

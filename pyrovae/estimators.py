@@ -39,10 +39,10 @@ MAX_ROWS = 32768
 
 
 # -- tracing ------------------------------------------------------------------------------------
-def _traces(model, guide, x):
+def _traces(model, guide, *args, **kwargs):
     """Guide trace, and the model's trace replayed on the guide's draws."""
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
 
 
@@ -118,15 +118,15 @@ def _log_density(site) -> torch.Tensor:
     return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
 
 
-def _kl_or_none(guide_site, model_site):
-    """KL(q ‖ p) in closed form where one is registered for the pair, else None."""
+def _kl_or_none(guide_site, model_site, scale=1.0):
+    """scale · KL(q ‖ p), masked, in closed form where one is registered for the pair, else None."""
     if model_site is None or model_site["is_observed"]:
         return None
     try:
         kl = kl_divergence(guide_site["fn"], model_site["fn"])
     except NotImplementedError:
         return None
-    return scale_and_mask(kl, mask=guide_site["mask"])
+    return scale_and_mask(kl, scale, guide_site["mask"])
 
 
 # -- the log weights ------------------------------------------------------------------------------
