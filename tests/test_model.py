@@ -2,9 +2,9 @@
 import itertools
 
 import pyro
-from pyro import poutine
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 
