@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from pyrovae import baselines, config, run
+from pyrovae.app import config, run
+from pyrovae.lab import baselines
 from pyrovae.data import load_dataset
 
 

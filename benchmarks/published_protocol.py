@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pyrovae import config, run
+from pyrovae.app import config, run
 
 BURDA = {"model": {"latent_dim": 50, "hidden": [200, 200], "activation": "tanh"},
          "data": {"dataset": "mnist", "binarize": "dynamic"},

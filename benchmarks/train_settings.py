@@ -31,8 +31,8 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyrovae.data import load_dataset
-from pyrovae.likelihoods import Likelihood
-from pyrovae.priors import FixedPrior
+from pyrovae.components.likelihoods import Likelihood
+from pyrovae.components.priors import FixedPrior
 from train_throughput import BATCH, alternate, hand_written, pyrovae_trainer
 
 

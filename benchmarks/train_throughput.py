@@ -32,7 +32,7 @@ from torch.distributions import Normal
 
 import pyrovae
 from pyrovae.data import load_dataset
-from pyrovae.train import Trainer
+from pyrovae.inference.train import Trainer
 
 LATENT, HIDDEN, BATCH = 50, 400, 256
 

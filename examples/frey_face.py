@@ -12,7 +12,7 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae import plots
+from pyrovae.app import plots
 
 
 def main():

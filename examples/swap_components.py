@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 
 import pyrovae
-from pyrovae.priors import Prior
+from pyrovae.components.priors import Prior
 
 
 class StudentTPrior(Prior):

@@ -20,15 +20,14 @@ from typing import Optional, Sequence, Union
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from . import checks
-from .guides import GUIDES, DiagonalNormal
-from .likelihoods import LIKELIHOODS, Likelihood
-from .nets import NETS
-from .priors import PRIORS, StandardNormal
+from .components.guides import GUIDES, DiagonalNormal
+from .components.likelihoods import LIKELIHOODS, Likelihood
+from .components.nets import NETS
+from .components.priors import PRIORS, StandardNormal
 
 
 def _name(component) -> str:
@@ -60,8 +59,6 @@ class VAE(nn.Module):
         self.input_shape = checks.shape("input_shape", input_shape)
         self.latent_dim = checks.positive_int("latent_dim", latent_dim)
         self.num_data = None if num_data is None else checks.positive_int("num_data", num_data)
-        self._checked = (None, None)  # the last batch that passed check_data, and its version
-        self._plates = {}  # (batch size, num_data, device) -> pyro.plate, see _plate
         self.likelihood = LIKELIHOODS.build(likelihood, likelihood_options, input_shape=self.input_shape)
         self.encoder, self.decoder = self._networks(net, hidden, activation, encoder, decoder)
         self.family = GUIDES.build(guide, guide_options, latent_dim=self.latent_dim,
@@ -72,15 +69,14 @@ class VAE(nn.Module):
 
     # -- construction ---------------------------------------------------------------------
     def _networks(self, net, hidden, activation, encoder, decoder):
-        if net not in NETS:
-            raise ValueError(f"unknown net {net!r}; expected one of {', '.join(sorted(NETS))}")
         for name, module in (("encoder", encoder), ("decoder", decoder)):
             if module is not None and not isinstance(module, nn.Module):
                 raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
         if encoder is not None and decoder is not None:
             return encoder, decoder
-        default_enc, default_dec = NETS[net](self.input_shape, self.latent_dim, self.likelihood.num_params,
-                                             hidden=hidden, activation=activation)
+        default_enc, default_dec = NETS.build(net, input_shape=self.input_shape, latent_dim=self.latent_dim,
+                                              num_params=self.likelihood.num_params, hidden=hidden,
+                                              activation=activation)
         return encoder or default_enc, decoder or default_dec
 
     def _probe(self, module, shape):
@@ -123,15 +119,8 @@ class VAE(nn.Module):
         return self.likelihood(self._decoder_out(self.decoder(z)))
 
     def check_data(self, x) -> torch.Tensor:
-        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support.
-
-        The guide and then the model see the same batch in every SVI step: a batch already
-        checked (the same tensor, not modified in place since) is not checked again.
-        """
-        last, version = self._checked
-        if x is not last or getattr(x, "_version", None) != version:
-            self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
-            self._checked = (x, x._version)  # holding x keeps its identity from being reused
+        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support."""
+        self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
         return x
 
     def _validate(self, x) -> None:
@@ -141,27 +130,10 @@ class VAE(nn.Module):
             self.check_data(x)
 
     def _plate(self, x):
-        """The plate ``data`` over x's first dimension (of size ``num_data``, subsampled, if given).
-
-        A plate is a reusable context manager: one is built per (batch size, ``num_data``,
-        device) and re-entered on every call, which saves an estimated 1–2% of a training step
-        (below what the benchmarks resolve; BENCHMARKS.md). It is built hidden from all handlers
-        (``poutine.block``), so no trace records its subsample indices (always ``arange(batch)``
-        here): model and guide traces stay alike.
-        """
-        key = (x.shape[0], self.num_data, x.device)
-        if key not in self._plates:
-            if len(self._plates) >= 16:  # batch sizes a user's loop came through: keep a few
-                self._plates.clear()
-            self._plates[key] = self._new_plate(*key)
-        return self._plates[key]
-
-    @staticmethod
-    def _new_plate(n, num_data, device):
-        with poutine.block():
-            if num_data is None:
-                return pyro.plate("data", n)
-            return pyro.plate("data", num_data, subsample=torch.arange(n, device=device))
+        """The plate ``data`` over x's first dimension (of size ``num_data``, subsampled, if given)."""
+        if self.num_data is None:
+            return pyro.plate("data", x.shape[0])
+        return pyro.plate("data", self.num_data, subsample=torch.arange(x.shape[0], device=x.device))
 
     # -- Pyro model and guide ----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:

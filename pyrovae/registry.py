@@ -1,74 +1,133 @@
-"""One registry per kind of component: a name maps to a small class.
+"""One name → factory mechanism for every kind of thing a config names.
 
-A component is given either by name (``"mixture"``, from a config file) with a dict of
-options, or by object (an instance built in a script), which is used as it is::
+Priors, likelihoods, variational families, networks, ELBOs and data sets each have one
+:class:`Registry`. A factory is a class or a function; it is registered under a name with one
+decorator line and is then usable by that name in a TOML config::
+
+    @PRIORS.register("student-t")
+    class StudentT(Prior):
+        ...
 
     PRIORS.build("mixture", {"components": 10}, latent_dim=50, input_shape=(28, 28))
-    PRIORS.build(MyPrior(...))          # any instance of the registry's base class
+    PRIORS.build(MyPrior(...))          # an instance of the registry's base class passes through
 
-A new component is one class and one ``@PRIORS.register("name")`` line.
+``build`` gives the factory the *context* (``latent_dim``, ``input_shape``, ...) only where its
+signature names it, and the user's *options* (a config's ``[model.prior_options]``), all of which
+must be parameters of the factory. A user's own components live in their own module, which a
+config loads with a top-level ``import = ["my_module"]`` or a package declares as an entry point
+in the group ``pyrovae.components`` (:func:`load_plugins`).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional, Type
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+from .errors import ConfigError
+
+ENTRY_POINT_GROUP = "pyrovae.components"
 
 
 class Registry:
-    """Maps names to component classes of one kind (``kind`` is used in error messages)."""
+    """Maps names to factories of one kind (``kind`` names it in error messages).
 
-    def __init__(self, kind: str, base: type):
+    ``base``: instances of this type are components already built and pass through
+    :meth:`build` unchanged (None: every spec is a name).
+    """
+
+    def __init__(self, kind: str, base: Optional[type] = None):
         self.kind = kind
         self.base = base
-        self._classes: Dict[str, Type] = {}
+        self._factories: Dict[str, Callable] = {}
 
-    def register(self, name: str) -> Callable[[Type], Type]:
-        def decorator(cls: Type) -> Type:
-            if name in self._classes:
+    def register(self, name: str, factory: Optional[Callable] = None):
+        """``@REG.register("name")`` above a class or function, or ``REG.register("name", factory)``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(obj: Callable) -> Callable:
+            if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._classes[name] = cls
-            cls.registry_name = name
-            return cls
+            self._factories[name] = obj
+            if isinstance(obj, type):
+                obj.registry_name = name
+            return obj
 
-        return decorator
+        return add if factory is None else add(factory)
 
-    def names(self):
-        return sorted(self._classes)
+    def names(self) -> List[str]:
+        """The registered names, sorted (as error messages list them)."""
+        return sorted(self._factories)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._classes
+    def __contains__(self, name) -> bool:
+        return name in self._factories
 
-    def get(self, name: str) -> Type:
-        if not isinstance(name, str) or name not in self._classes:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}"
-            )
-        return self._classes[name]
+    def __iter__(self):
+        """The registered names in the order they were registered."""
+        return iter(list(self._factories))
+
+    def get(self, name: str) -> Callable:
+        if not isinstance(name, str) or name not in self._factories:
+            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}")
+        return self._factories[name]
 
     def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None, **context):
-        """Return a component from a name (plus ``options``) or pass an instance through.
-
-        ``context`` (e.g. ``latent_dim``, ``input_shape``) is given to the class only where
-        its constructor names it; ``options`` must all be constructor arguments.
-        """
-        if isinstance(spec, self.base):
+        """A component from a name (plus ``options``), or ``spec`` itself if it is already one."""
+        if self.base is not None and isinstance(spec, self.base):
             if options:
                 raise ValueError(f"{self.kind} options {sorted(options)} given with a {self.kind} object")
             return spec
         if not isinstance(spec, str):
-            raise TypeError(
-                f"{self.kind} must be a name ({', '.join(self.names())}) or a "
-                f"{self.base.__name__} instance, got {type(spec).__name__}"
-            )
-        cls = self.get(spec)
-        params = inspect.signature(cls.__init__).parameters
+            what = f" or a {self.base.__name__} instance" if self.base is not None else ""
+            raise TypeError(f"{self.kind} must be a name ({', '.join(self.names())}){what}, "
+                            f"got {type(spec).__name__}")
+        factory = self.get(spec)
+        params = inspect.signature(factory).parameters
         options = dict(options or {})
-        allowed = [p for p in params if p != "self" and p not in context]
+        allowed = [p for p in params if p not in context and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for {self.kind} {spec!r}; "
-                f"valid options: {', '.join(allowed) or 'none'}"
-            )
+            raise ValueError(f"unknown option(s) {unknown} for {self.kind} {spec!r}; "
+                             f"valid options: {', '.join(allowed) or 'none'}")
         kwargs = {k: v for k, v in context.items() if k in params}
-        return cls(**kwargs, **options)
+        return factory(**kwargs, **options)
+
+
+def import_components(names: Iterable[str], base_dir: Optional[Path] = None) -> None:
+    """Import the user modules a config lists: dotted module names or paths to ``.py`` files
+    (relative to ``base_dir``, the config's folder). Their ``register`` lines then run."""
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"import must list module names or .py paths, got {name!r}")
+        try:
+            if name.endswith(".py"):
+                _import_file(Path(base_dir or ".") / name)
+            else:
+                importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"import {name!r} failed: {e}") from None
+
+
+def _import_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"import {str(path)!r}: no such file")
+    module_name = f"pyrovae_user_{path.stem}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+
+
+def load_plugins() -> List[str]:
+    """Import every module declared in the entry point group ``pyrovae.components``; their names."""
+    loaded = []
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+        loaded.append(entry.name)
+    return loaded

@@ -6,7 +6,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 
-from pyrovae.baselines import (
+from pyrovae.lab.baselines import (
     fit_bernoulli_mixture,
     fit_gaussian,
     fit_gaussian_mixture,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pyrovae.cli import main
+from pyrovae.app.cli import main
 
 from conftest import needs_mnist
 
@@ -52,7 +52,7 @@ def test_train_warns_when_the_posterior_collapses(tmp_path, capsys):
 
 
 def test_collapse_warning_threshold():
-    from pyrovae.run import collapse_warning
+    from pyrovae.app.run import collapse_warning
 
     assert collapse_warning(0.0004) is not None and "0.0004 nats" in collapse_warning(0.0004)
     assert collapse_warning(5.0) is None

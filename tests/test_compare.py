@@ -8,8 +8,10 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyrovae import VAE, compare
-from pyrovae.compare import compare_estimators, format_table, plot_comparison
+from pyrovae import VAE
+from pyrovae.lab import compare
+from pyrovae.app.plots import plot_comparison
+from pyrovae.lab.compare import compare_estimators, format_table
 
 N = 64
 KS = (1, 10, 100, 1000)  # 1000 > max_k: left out
@@ -152,7 +154,7 @@ def test_format_table_names_every_row(results):
 
 def test_plot_is_written_and_not_blank(results, tmp_path):
     path = tmp_path / "compare.png"
-    assert plot_comparison(results["untrained"], path) == str(path)
+    assert plot_comparison(results["untrained"], path) == path
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 200 and image.shape[1] > 400
     assert image[..., :3].std() > 0.05

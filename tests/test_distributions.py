@@ -8,7 +8,7 @@ import torch
 from torch.distributions import kl_divergence
 
 import pyrovae
-from pyrovae.distributions import IndependentBernoulli, StdNormal
+from pyrovae.components.distributions import IndependentBernoulli, StdNormal
 
 
 def generic_std_normal(L, batch_shape=(), dtype=torch.float32):

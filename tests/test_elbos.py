@@ -7,8 +7,8 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 import pyrovae
-from pyrovae.elbos import ELBOS, MeanField_ELBO, make_elbo
-from pyrovae.train import ScaleLatents
+from pyrovae.inference.elbos import ELBOS, MeanField_ELBO, make_elbo
+from pyrovae.inference.train import ScaleLatents
 
 
 def binary(n=12, d=6, seed=0):
@@ -104,5 +104,5 @@ def test_the_registry_names_each_objective():
     assert type(make_elbo("mean-field")) is MeanField_ELBO
     iwae = make_elbo("iwae", num_particles=5)
     assert (type(iwae).__name__, iwae.alpha, iwae.num_particles, iwae.vectorize_particles) == ("RenyiELBO", 0, 5, True)
-    with pytest.raises(ValueError, match="unknown elbo 'elbow'; expected one of trace, mean-field, iwae, graph"):
+    with pytest.raises(ValueError, match="unknown elbo 'elbow'; expected one of graph, iwae, mean-field, trace"):
         make_elbo("elbow")

@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyrovae
 from pyrovae import VAE, analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
-from pyrovae.estimators import log_weights
+from pyrovae.inference.estimators import log_weights
 
 L = 4
 
@@ -199,7 +199,7 @@ def test_closed_form_rejects_components_without_one():
 
 def test_ppca_exact_posterior_makes_every_draw_exact_and_a_wrong_guide_is_below():
     """Probabilistic PCA (z ~ N(0, I), x ~ N(Wz + b, σ²I)): log p(x) in closed form."""
-    from pyrovae.exact import make_ppca_exact_guide, make_ppca_model, ppca_log_evidence, ppca_posterior
+    from pyrovae.lab.exact import make_ppca_exact_guide, make_ppca_model, ppca_log_evidence, ppca_posterior
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(5, 2, generator=g, dtype=torch.float64)

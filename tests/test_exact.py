@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from scipy import integrate, special
 
-from pyrovae.exact import (
+from pyrovae.lab.exact import (
     make_ppca_exact_guide,
     make_ppca_model,
     make_toy_guide,

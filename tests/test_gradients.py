@@ -29,7 +29,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyrovae import VAE
-from pyrovae.gradients import NonReparam, format_gradient_variance, gradient_variance
+from pyrovae.lab.gradients import NonReparam, format_gradient_variance, gradient_variance
 
 BATCH = 8
 

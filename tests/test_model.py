@@ -9,7 +9,7 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanFie
 from torch import nn
 
 from pyrovae import GUIDES, LIKELIHOODS, PRIORS, VAE
-from pyrovae.priors import Prior
+from pyrovae.components.priors import Prior
 
 SHAPE = (6, 5)
 ELBOS = {

@@ -10,7 +10,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from conftest import mnist_available
-from pyrovae import VAE, plots
+from pyrovae import VAE
+from pyrovae.app import plots
 from pyrovae.data import load_dataset
 
 ALL_IMAGE_FILES = {"curves.png", "reconstructions.png", "samples.png", "manifold.png",
@@ -86,14 +87,14 @@ def test_image_grid_places_each_image_at_its_offset():
     h, w, ncol = 2, 3, 3
     images = np.arange(5 * h * w, dtype=np.float32).reshape(5, h, w) / 100
     grid = plots.image_grid(images, ncol)
-    expected = np.ones((2 * h + 1, ncol * w + ncol - 1), dtype=np.float32)  # 1-pixel separators of 1.0
-    for k, (top, left) in enumerate([(0, 0), (0, 4), (0, 8), (3, 0), (3, 4)]):
+    expected = np.ones((2 * h + 3, ncol * w + ncol + 1), dtype=np.float32)  # 1-pixel lines of 1.0, also around
+    for k, (top, left) in enumerate([(1, 1), (1, 5), (1, 9), (4, 1), (4, 5)]):
         expected[top:top + h, left:left + w] = images[k]
     np.testing.assert_array_equal(grid, expected)
 
 
 def test_image_grid_caps_ncol_at_the_number_of_images():
-    assert plots.image_grid(np.zeros((2, 4, 4)), 8).shape == (4, 9)
+    assert plots.image_grid(np.zeros((2, 4, 4)), 8).shape == (6, 11)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -3,7 +3,7 @@ import pyro.distributions as dist
 import torch
 
 from pyrovae import VAE
-from pyrovae.priors import DiagonalNormalMixture
+from pyrovae.components.priors import DiagonalNormalMixture
 
 
 def test_matrix_product_mixture_density_equals_mixture_same_family():

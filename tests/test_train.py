@@ -8,9 +8,9 @@ import torch
 from pyro import poutine
 
 import pyrovae
-from pyrovae import checkpoint as ckpt
-from pyrovae.exact import ppca_log_evidence, ppca_mle
-from pyrovae.train import ScaleLatents, TrainingError, train, warmup_beta
+from pyrovae.inference import checkpoint as ckpt
+from pyrovae.lab.exact import ppca_log_evidence, ppca_mle
+from pyrovae.inference.train import ScaleLatents, TrainingError, train, warmup_beta
 
 from conftest import needs_mnist
 
@@ -174,7 +174,7 @@ def test_bad_training_arguments():
     model, guide = linear_gaussian_pair(3, 1)
     x = torch.randn(10, 3)
     for kwargs, match in [({"epochs": 0}, "epochs"), ({"epochs": 1, "batch_size": 0}, "batch_size"),
-                          ({"epochs": 1, "elbo": "renyi"}, "unknown elbo 'renyi'; expected one of trace"),
+                          ({"epochs": 1, "elbo": "renyi"}, "unknown elbo 'renyi'; expected one of graph, iwae, mean-field, trace"),
                           ({"epochs": 1, "lr": -1.0}, "lr"), ({"epochs": 1, "num_particles": 0}, "num_particles")]:
         with pytest.raises(ValueError, match=match):
             train(model, guide, x, progress=False, **kwargs)
@@ -243,7 +243,7 @@ def test_kl_warmup_in_training():
 
 def test_fused_adam_takes_adams_steps():
     """make_adam's optimizer (fused on CPU) moves parameters as torch's reference Adam does."""
-    from pyrovae.train import make_adam
+    from pyrovae.inference.train import make_adam
     g = torch.Generator().manual_seed(0)
     start, grads = torch.randn(5, 3, generator=g), [torch.randn(5, 3, generator=g) for _ in range(4)]
     params = {}
@@ -260,7 +260,7 @@ def test_fused_adam_takes_adams_steps():
 
 
 def test_trainer_reuses_its_scaled_pair():
-    from pyrovae.train import Trainer
+    from pyrovae.inference.train import Trainer
     model, guide = linear_gaussian_pair(3, 1)
     trainer = Trainer(model, guide, torch.randn(300, 3), batch_size=64, lr=1e-3, elbo="trace", num_particles=1,
                       test_data=None, device="cpu")

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks
+from .. import checks
 from .distributions import LOG_2PI, IndependentBernoulli
-from .registry import Registry
+from ..registry import Registry
 
 
 class Likelihood(nn.Module):

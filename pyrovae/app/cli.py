@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..files import write_text
+
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
 
 
@@ -141,15 +143,16 @@ def _add_compare(sub):
 
 
 def cmd_compare(args):
-    from . import compare, run
+    from ..lab import compare
+    from . import plots, run
 
     cfg, vae, test = run.load_run(args.run_dir)
     x = test.x[: args.test_size or None]
     result = compare.compare_estimators(vae, x, max_k=args.max_k, seed=args.seed, gradient_draws=args.gradient_draws,
                                         progress=not args.json)
     result["data"] = run.data_variant(cfg) + f" — first {len(x)} test points"
-    (args.run_dir / "compare.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    compare.plot_comparison(result, args.run_dir / "compare.png")
+    write_text(args.run_dir / "compare.json", json.dumps(result, indent=2, ensure_ascii=False))
+    plots.plot_comparison(result, args.run_dir / "compare.png")
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
           f"{result['data']}\n{compare.format_table(result)}")
 
@@ -165,13 +168,13 @@ def _add_exact(sub):
 
 
 def cmd_exact(args):
-    from . import evidence
+    from ..lab import evidence
+    from . import plots
 
     result = {"ppca": evidence.ppca_experiment(epochs=args.epochs, iw_samples=args.iw_samples),
               "toy": evidence.toy_experiment(epochs=max(1, args.epochs // 3))}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "exact.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    evidence.plot_toy_gap(result["toy"], args.out / "toy_gap.png")
+    write_text(args.out / "exact.json", json.dumps(result, indent=2, ensure_ascii=False))
+    plots.plot_toy_gap(result["toy"], args.out / "toy_gap.png")
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from pyro.distributions.transforms import affine_autoregressive
 from torch import nn
 
-from . import checks
-from .registry import Registry
+from .. import checks
+from ..registry import Registry
 
 MIN_SCALE = 1e-5  # σ = softplus(raw) + MIN_SCALE keeps every variance strictly positive
 

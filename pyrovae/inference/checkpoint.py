@@ -1,40 +1,27 @@
 """Checkpoints: written atomically, read back without unpickling arbitrary objects.
 
 A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dicts) saved with
-``torch.save`` to a temporary file in the same directory, flushed to disk, then renamed over the
-old one (``os.replace`` is atomic): a run killed at any moment leaves the previous checkpoint or
+``torch.save`` through :func:`pyrovae.files.atomic_write` (a temporary file in the same
+directory, flushed to disk, then renamed over the old one): a run killed at any moment leaves the previous checkpoint or
 the new one, never half of one. It is loaded with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
+from ..files import atomic_write
+
 FORMAT = "pyrovae-checkpoint-1"
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable pyrovae checkpoint."""
 
 
 def save(path, state: dict) -> Path:
     """Write ``state`` (tensors and plain values) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+    return Path(path)
 
 
 def load(path, map_location="cpu") -> dict:

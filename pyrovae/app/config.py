@@ -4,6 +4,8 @@ Every key has a default (``DEFAULTS``); a file or ``--set section.key=value`` ov
 Validation happens on load: an unknown section or key, a value of the wrong type, or a name
 that is not registered is a ValueError naming the key, what is allowed and what came::
 
+    import = ["my_components"]   # optional: modules (or .py files) that register the user's own
+                                 # priors, likelihoods, guides, nets, ELBOs, data sets
     [data]
     dataset = "mnist"        # mnist | fashion-mnist | kmnist | frey | ppca | toy
     binarize = "dynamic"     # none | static | dynamic
@@ -29,12 +31,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .data import BINARIZE_MODES, DATASETS
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
-from .nets import ACTIVATIONS, NETS
-from .priors import PRIORS
-from .elbos import ELBOS
+import tomli_w
+
+from ..components import ACTIVATIONS, GUIDES, LIKELIHOODS, NETS, PRIORS
+from ..data import BINARIZE_MODES, DATASETS
+from ..errors import ConfigError
+from ..inference.elbos import ELBOS
+from ..registry import import_components, load_plugins
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "data": {"dataset": "mnist", "binarize": "dynamic", "subset": 0, "test_subset": 0, "data_dir": ""},
@@ -45,22 +48,22 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "kl_warmup": 0, "seed": 0, "device": "auto"},
 }
 
+#: the top-level key listing the user's own component modules
+IMPORT_KEY = "import"
+_PLUGINS_LOADED = False
+
 #: keys whose value must be one of a set of names (a function, so registries added later count)
 CHOICES = {
-    ("data", "dataset"): lambda: DATASETS,
+    ("data", "dataset"): DATASETS.names,
     ("data", "binarize"): lambda: BINARIZE_MODES,
     ("model", "prior"): PRIORS.names,
     ("model", "likelihood"): LIKELIHOODS.names,
     ("model", "guide"): GUIDES.names,
-    ("model", "net"): lambda: sorted(NETS),
-    ("model", "activation"): lambda: [""] + sorted(ACTIVATIONS),
-    ("train", "elbo"): lambda: list(ELBOS),
+    ("model", "net"): NETS.names,
+    ("model", "activation"): lambda: [""] + ACTIVATIONS.names(),
+    ("train", "elbo"): ELBOS.names,
 }
 NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("train", "seed"), ("train", "kl_warmup")}
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not validate."""
 
 
 def _type_ok(default, value) -> bool:
@@ -97,12 +100,37 @@ def _check_value(section: str, key: str, value) -> None:
         raise ConfigError(f"{where} must hold positive integers, got {value!r}")
 
 
-def validate(config: dict) -> dict:
-    """Check sections, keys, types and names; return the config completed with defaults."""
+def _imports(config: dict, base_dir: Optional[Path] = None) -> list:
+    """Import the user's component modules (the top-level ``import`` list) and the installed
+    plugins (entry points ``pyrovae.components``), so their names validate; the list, with
+    ``.py`` paths made absolute."""
+    names = config.get(IMPORT_KEY, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{IMPORT_KEY} must be a list of module names or .py paths, got {names!r}")
+    base_dir = Path(base_dir or ".")
+    names = [str((base_dir / n).resolve()) if n.endswith(".py") else n for n in names]
+    import_components(names)
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        load_plugins()
+        _PLUGINS_LOADED = True
+    return names
+
+
+def validate(config: dict, base_dir: Optional[Path] = None) -> dict:
+    """Check sections, keys, types and names; return the config completed with defaults.
+
+    The top-level ``import`` list (module names, or ``.py`` paths relative to ``base_dir``) is
+    imported first, so the components it registers are valid names.
+    """
+    config = dict(config)
+    imports = _imports(config, base_dir)
+    config.pop(IMPORT_KEY, None)
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
-    full = copy.deepcopy(DEFAULTS)
+        raise ConfigError(f"unknown section(s) {unknown}; allowed: {IMPORT_KEY}, {', '.join(DEFAULTS)}")
+    full = {IMPORT_KEY: imports} if imports else {}
+    full.update(copy.deepcopy(DEFAULTS))
     for section, values in config.items():
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table, got {values!r}")
@@ -131,6 +159,7 @@ def parse_override(text: str):
 def load(path: Optional[Path] = None, overrides: Iterable[str] = (), base: Optional[dict] = None) -> dict:
     """Read a TOML file (or start from ``base``, or the defaults), apply ``--set`` overrides, validate."""
     config: Dict[str, dict] = copy.deepcopy(base or {})
+    base_dir = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -139,30 +168,16 @@ def load(path: Optional[Path] = None, overrides: Iterable[str] = (), base: Optio
             config = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        base_dir = path.parent
     for text in overrides:
         section, key, value = parse_override(text)
-        config.setdefault(section, {})[key] = value
-    return validate(config)
+        if not isinstance(config.setdefault(section, {}), dict):
+            raise ConfigError(f"--set {text!r}: {section} is not a section")
+        config[section][key] = value
+    return validate(config, base_dir)
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    return repr(value)
-
-
 def dumps(config: dict) -> str:
-    """The config as TOML text (read back by :func:`load` to the same dict)."""
-    lines = []
-    for section, values in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The config as TOML text (``tomli_w``; read back by :func:`load` to the same dict)."""
+    return tomli_w.dumps(config)

@@ -16,11 +16,15 @@ from typing import Optional
 import pyro
 import torch
 
-from . import checkpoint as ckpt
+from ..data import is_image_dataset, load_dataset
+from ..files import atomic_write, write_text
+from ..inference import checkpoint as ckpt
+from ..inference import estimators as est
+from ..inference.traces import pair_params
+from ..inference.train import load_params, resolve_device, train
+from ..lab.report import mean_se
+from ..model import VAE
 from . import config as cfgmod
-from .data import IMAGE_DATASETS, load_dataset
-from .model import VAE
-from .train import load_params, pair_params, resolve_device, train
 
 METRIC_COLUMNS = ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
 #: below this KL (nats per datapoint) q(z|x) ≈ p(z) for every x: the decoder ignores z
@@ -32,13 +36,13 @@ VARIANTS = {"none": "intensities in [0, 1]", "static": "static binarization (see
 def _binarize(cfg: dict) -> str:
     """The config's binarization; real-valued synthetic sets are never binarized."""
     d = cfg["data"]
-    return d["binarize"] if d["dataset"] in IMAGE_DATASETS else "none"
+    return d["binarize"] if is_image_dataset(d["dataset"]) else "none"
 
 
 def data_variant(cfg: dict) -> str:
     """E.g. ``"mnist, dynamic binarization (test set binarized once, seed 1)"``."""
     d = cfg["data"]
-    return f"{d['dataset']}, {VARIANTS[_binarize(cfg)] if d['dataset'] in IMAGE_DATASETS else 'real-valued'}"
+    return f"{d['dataset']}, {VARIANTS[_binarize(cfg)] if is_image_dataset(d['dataset']) else 'real-valued'}"
 
 
 def load_data(cfg: dict, device="cpu"):
@@ -60,16 +64,12 @@ def build_vae(cfg: dict, input_shape) -> VAE:
                guide_options=m["guide_options"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_metrics(path: Path, history) -> None:
-    rows = [",".join(METRIC_COLUMNS)] + [",".join(f"{row[c]:.6g}" if c != "epoch" else str(row[c])
-                                                  for c in METRIC_COLUMNS) for row in history]
-    _write_atomic(path, "\n".join(rows) + "\n")
+    """metrics.csv: one row per epoch, the columns of ``METRIC_COLUMNS`` (6 significant digits)."""
+    with atomic_write(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(METRIC_COLUMNS)
+        writer.writerows([row[c] if c == "epoch" else f"{row[c]:.6g}" for c in METRIC_COLUMNS] for row in history)
 
 
 def read_metrics(path: Path):
@@ -91,7 +91,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
     return the summary (also in summary.json)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.toml", cfgmod.dumps(cfg))
+    write_text(out / "config.toml", cfgmod.dumps(cfg))
     t = cfg["train"]
     device = resolve_device(t["device"])
     train_split, test_split = load_data(cfg, device)
@@ -113,7 +113,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
         "units": "nats per datapoint (log-probabilities)",
         "warnings": [w for w in [collapse_warning(history[-1]["kl"])] if w],
     }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     _plot_run(vae, out, test_split, history)
     return summary
 
@@ -160,8 +160,6 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     importance-sampled log-likelihood estimate for k = 5000. Each as mean ± standard error.
     Writes ``RUN_DIR/evaluation.json``.
     """
-    from . import estimators as est
-
     cfg, vae, test = load_run(run_dir, device)
     x = test.x[: test_size or None]
     fns = {"mc_elbo": lambda b: est.mc_elbo(vae.model, vae.guide, b),
@@ -186,14 +184,8 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
                 values[name].append(fn(x[i:i + batch_size]).cpu())
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)", "seconds": time.perf_counter() - start,
-              "estimators": {name: _mean_se(torch.cat(v)) for name, v in values.items()}}
+              "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()}}
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
-    _write_atomic(Path(run_dir) / "evaluation.json", json.dumps(result, indent=2, ensure_ascii=False))
+    write_text(Path(run_dir) / "evaluation.json", json.dumps(result, indent=2, ensure_ascii=False))
     return result
-
-
-def _mean_se(v: torch.Tensor) -> dict:
-    v = v.double()
-    se = v.std().item() / len(v) ** 0.5 if len(v) > 1 else float("nan")
-    return {"mean": v.mean().item(), "se": se}

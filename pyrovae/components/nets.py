@@ -15,18 +15,18 @@ from typing import Sequence
 
 from torch import nn
 
-from . import checks
+from .. import checks
+from ..registry import Registry
 
-ACTIVATIONS = {
-    "relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU,
-    "leaky-relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-}
+#: name → activation module class (``model.activation`` in a config)
+ACTIVATIONS = Registry("activation")
+for _name, _cls in {"relu": nn.ReLU, "softplus": nn.Softplus, "tanh": nn.Tanh, "elu": nn.ELU,
+                    "leaky-relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}.items():
+    ACTIVATIONS.register(_name, _cls)
 
 
 def make_activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(sorted(ACTIVATIONS))}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS.get(name)()
 
 
 def mlp(sizes: Sequence[int], act: str, final_activation: bool) -> nn.Sequential:
@@ -118,6 +118,11 @@ class ConvDecoder(nn.Module):
         return self.net(z.reshape(-1, z.shape[-1])).reshape(*lead, *self.out_shape)
 
 
+#: name → builder of an (encoder, decoder) pair; the VAE's ``net`` argument picks one.
+NETS = Registry("net")
+
+
+@NETS.register("mlp")
 def mlp_pair(input_shape, latent_dim, num_params, hidden=(400,), activation=None):
     """An MLP encoder and its mirror-image decoder (hidden sizes reversed)."""
     act = activation or "softplus"
@@ -125,12 +130,10 @@ def mlp_pair(input_shape, latent_dim, num_params, hidden=(400,), activation=None
             MLPDecoder(latent_dim, input_shape, num_params, hidden, act))
 
 
+@NETS.register("conv")
 def conv_pair(input_shape, latent_dim, num_params, hidden=None, activation=None):
     """The small convolutional encoder/decoder for 28×28 images (``hidden`` is not used)."""
     act = activation or "relu"
     return (ConvEncoder(input_shape, activation=act),
             ConvDecoder(latent_dim, input_shape, num_params, activation=act))
 
-
-#: name → builder of an (encoder, decoder) pair; the VAE's ``net`` argument picks one.
-NETS = {"mlp": mlp_pair, "conv": conv_pair}

@@ -21,14 +21,15 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.util import get_rng_state, set_rng_state
 from torch import nn
 
+from .. import checks
+from ..data.splits import DataSplit
+from ..errors import CheckpointError, TrainingError
 from . import checkpoint as ckpt
-from . import checks
-from .data import DataSplit
 from .elbos import make_elbo
-from .estimators import _plate_nesting, _traces, elbo_parts
+from .estimators import elbo_parts
+from .traces import pair_params, plate_nesting
 
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
 
@@ -53,10 +54,6 @@ class ScaleLatents(Messenger):
 def warmup_beta(epoch: int, kl_warmup: int) -> float:
     """β of epoch ``epoch`` (from 1): min(1, epoch / kl_warmup), and 1 without warm-up."""
     return 1.0 if kl_warmup == 0 else min(1.0, epoch / kl_warmup)
-
-
-class TrainingError(RuntimeError):
-    """Training stopped: a non-finite loss (the last good checkpoint is kept)."""
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -91,19 +88,6 @@ def _owner(fn) -> Optional[nn.Module]:
     return owner if isinstance(owner, nn.Module) else None
 
 
-def pair_params(model, guide, x) -> Dict[str, torch.Tensor]:
-    """Create the pair's parameters (one trace on x, random state untouched): name → unconstrained tensor."""
-    state = get_rng_state()
-    try:
-        with torch.no_grad():
-            traces = _traces(model, guide, x)
-    finally:
-        set_rng_state(state)
-    names = {n for tr in traces for n, s in tr.nodes.items() if s["type"] == "param"}
-    store = dict(pyro.get_param_store().named_parameters())
-    return {n: store[n] for n in sorted(names)}
-
-
 def _check_data_once(model, *splits) -> None:
     """A model whose owner checks its data (``VAE.check_data``) checks each whole split here,
     once: its model and guide then check batches only while Pyro's validation is on."""
@@ -129,11 +113,11 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
     """Copy saved values into the pair's parameters in place (shapes must match)."""
     missing = sorted(set(params) - set(saved))
     if missing:
-        raise ckpt.CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
+        raise CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
     with torch.no_grad():
         for name, p in params.items():
             if p.shape != saved[name].shape:
-                raise ckpt.CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
+                raise CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
                                            f"checkpoint but {list(p.shape)} in the model")
             p.copy_(saved[name])
 
@@ -154,7 +138,7 @@ class Trainer:
         self.batch_size = checks.positive_int("batch_size", batch_size)
         first = self.data.x[: self.batch_size]
         self.pair = (model, guide)
-        self.elbo = make_elbo(elbo, num_particles, _plate_nesting(model, guide, first))
+        self.elbo = make_elbo(elbo, num_particles, plate_nesting(model, guide, first))
         self.params = pair_params(model, guide, first)
         self.lr = checks.positive_float("lr", lr)
         self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None

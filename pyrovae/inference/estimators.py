@@ -24,54 +24,13 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.util import get_rng_state, set_rng_state
-from torch.distributions import kl_divergence
 
-from . import checks
+from .. import checks
+from .traces import PARTICLES, kl_or_none, log_density, particle_traces, plate_nesting, sample_sites
 
-PARTICLES = "_num_particles_vectorized"
 #: particles × batch rows evaluated at once by the chunked estimators (bounds memory).
 MAX_ROWS = 32768
-
-
-# -- tracing ------------------------------------------------------------------------------------
-def _traces(model, guide, *args, **kwargs):
-    """Guide trace, and the model's trace replayed on the guide's draws."""
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
-
-
-def _particle_traces(model, guide, x, num_particles: int, max_plate_nesting: int):
-    """:func:`_traces` with ``num_particles`` draws vectorized in a plate left of all others."""
-    with pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1)):
-        return _traces(model, guide, x)
-
-
-def _sample_sites(trace) -> Dict[str, dict]:
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample"}
-
-
-def _plate_nesting(model, guide, x) -> int:
-    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it).
-
-    Runs the pair once without touching the random state, so a seed set before an estimator
-    gives the same draws as the same seed before one of Pyro's ELBOs.
-    """
-    state = get_rng_state()
-    try:
-        with torch.no_grad():
-            model_trace, guide_trace = _traces(model, guide, x)
-    finally:
-        set_rng_state(state)
-    dims = [-f.dim for tr in (model_trace, guide_trace) for s in _sample_sites(tr).values()
-            for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
-    return max(dims, default=0)
 
 
 class _Layout:
@@ -83,7 +42,7 @@ class _Layout:
 
     def _find_data_dim(self, model_trace, data_plate):
         found = {}
-        for site in _sample_sites(model_trace).values():
+        for site in sample_sites(model_trace).values():
             if not site["is_observed"]:
                 continue
             for f in site["cond_indep_stack"]:
@@ -114,21 +73,6 @@ class _Layout:
         return t.expand(t.shape[0], self.batch)
 
 
-def _log_density(site) -> torch.Tensor:
-    return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
-
-
-def _kl_or_none(guide_site, model_site, scale=1.0):
-    """scale · KL(q ‖ p), masked, in closed form where one is registered for the pair, else None."""
-    if model_site is None or model_site["is_observed"]:
-        return None
-    try:
-        kl = kl_divergence(guide_site["fn"], model_site["fn"])
-    except NotImplementedError:
-        return None
-    return scale_and_mask(kl, scale, guide_site["mask"])
-
-
 # -- the log weights ------------------------------------------------------------------------------
 def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     """Per-datapoint terms of the ELBO, each [particles, batch], keyed by what they are.
@@ -136,20 +80,20 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     Returns ``({"reconstruction": [...], "latent": [...]}, analytic site names)``: the observed
     sites' log p(x|·), and for each latent site log p(z|·) − log q(z|·) (or −KL where analytic).
     """
-    model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
     terms = {"reconstruction": [], "latent": []}
     analytic_names = []
     for name, site in guide_sites.items():
-        kl = _kl_or_none(site, model_sites.get(name)) if analytic else None
+        kl = kl_or_none(site, model_sites.get(name)) if analytic else None
         if kl is None:
-            terms["latent"].append(-layout.per_datapoint(_log_density(site)))
+            terms["latent"].append(-layout.per_datapoint(log_density(site)))
         else:
             terms["latent"].append(-layout.per_datapoint(kl))
             analytic_names.append(name)
     for name, site in model_sites.items():
         if name not in analytic_names:
             kind = "reconstruction" if site["is_observed"] else "latent"
-            terms[kind].append(layout.per_datapoint(_log_density(site)))
+            terms[kind].append(layout.per_datapoint(log_density(site)))
     return terms, analytic_names
 
 
@@ -158,11 +102,11 @@ def _chunked_terms(model, guide, x, num_particles, analytic, data_plate, chunk_s
     """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles."""
     checks.positive_int("num_particles", num_particles)
     batch = x.shape[0]
-    nesting = _plate_nesting(model, guide, x)
+    nesting = plate_nesting(model, guide, x)
     chunk = chunk_size or max(1, MAX_ROWS // max(batch, 1))
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
-        model_trace, guide_trace = _particle_traces(model, guide, x, n, nesting)
+        model_trace, guide_trace = particle_traces(model, guide, n, nesting, x)
         layout = _Layout(model_trace, batch, nesting, data_plate)
         terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
         yield {kind: sum(t) if t else 0.0 for kind, t in terms.items()}, names

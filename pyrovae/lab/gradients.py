@@ -36,9 +36,10 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 
-from . import checks
+from .. import checks
+from .report import text_table
 
 ESTIMATORS = ("reparam", "score", "score-baseline")
 PARAMS = ("encoder", "decoder", "all")
@@ -58,7 +59,7 @@ class NonReparam(Messenger):
         self.baseline_beta = baseline_beta
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+        if msg["is_observed"] or site_is_subsample(msg):
             return
         _disable_rsample(msg["fn"])
         if self.baseline_beta is not None:
@@ -221,8 +222,6 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
 
 def format_gradient_variance(result: dict) -> str:
     """An aligned text table of :func:`gradient_variance`'s result."""
-    from .compare import text_table
-
     head = ("estimator", "total variance", "mean ‖g‖", "‖mean g‖", "SE of mean")
     rows = [(name, f"{r['total_variance']:.4g}", f"{r['mean_norm']:.4g}", f"{r['norm_of_mean']:.4g}",
              f"{r['se_of_mean']:.4g}") for name, r in result["estimators"].items()]

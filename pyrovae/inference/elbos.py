@@ -10,16 +10,17 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from functools import partial
 
 from pyro import poutine
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
-from . import checks
-from .estimators import _kl_or_none, _traces
+from .. import checks
+from ..registry import Registry
+from .traces import kl_or_none, traces
 
 
 class MeanField_ELBO(TraceMeanField_ELBO):
@@ -42,7 +43,7 @@ class MeanField_ELBO(TraceMeanField_ELBO):
         if is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
             model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
         else:
-            model_trace, guide_trace = map(prune_subsample_sites, _traces(model, guide, *args, **kwargs))
+            model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
         closed = _closed_form_kls(model_trace, guide_trace)
         model_trace.compute_log_prob(lambda name, site: name not in closed)  # memoized: no-op when done
         if any(s["type"] == "sample" and n not in closed for n, s in guide_trace.nodes.items()):
@@ -80,7 +81,7 @@ def _closed_form_kls(model_trace, guide_trace) -> set:
         if site["type"] != "sample" or site["is_observed"]:
             continue
         guide_site = guide_trace.nodes[name]
-        kl = _kl_or_none(guide_site, site, guide_site["scale"])
+        kl = kl_or_none(guide_site, site, guide_site["scale"])
         if kl is not None:
             assert kl.shape == guide_site["fn"].batch_shape
             guide_site["kl_sum"] = kl.sum()
@@ -88,19 +89,16 @@ def _closed_form_kls(model_trace, guide_trace) -> set:
     return closed
 
 
-#: name → Pyro ELBO class and its fixed options
-ELBOS: Dict[str, Tuple[type, dict]] = {
-    "trace": (Trace_ELBO, {}),
-    "mean-field": (MeanField_ELBO, {}),
-    "iwae": (RenyiELBO, {"alpha": 0}),
-    "graph": (TraceGraph_ELBO, {}),
-}
+#: name → Pyro ELBO class (with its fixed options); an ``ELBO`` instance passes through ``build``
+ELBOS = Registry("elbo", ELBO)
+ELBOS.register("trace", Trace_ELBO)
+ELBOS.register("mean-field", MeanField_ELBO)
+ELBOS.register("iwae", partial(RenyiELBO, alpha=0))
+ELBOS.register("graph", TraceGraph_ELBO)
 
 
-def make_elbo(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
-    """The Pyro ELBO called ``name``; r > 1 particles are vectorized (one pass, an extra plate)."""
-    if name not in ELBOS:
-        raise ValueError(f"unknown elbo {name!r}; expected one of {', '.join(ELBOS)}")
-    cls, options = ELBOS[name]
+def make_elbo(name, num_particles: int = 1, max_plate_nesting: int = 1) -> ELBO:
+    """The Pyro ELBO called ``name`` (or ``name`` itself, an ELBO instance); r > 1 particles
+    are vectorized (one pass, an extra plate)."""
     r = checks.positive_int("num_particles", num_particles)
-    return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting, **options)
+    return ELBOS.build(name, num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting)

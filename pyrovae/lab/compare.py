@@ -28,12 +28,13 @@ from typing import Callable, List, Optional, Sequence
 
 import pyro
 import torch
-from pyro.util import get_rng_state, set_rng_state
 from tqdm.auto import tqdm
 
-from . import checks
-from .estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
+from .. import checks
+from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
+from ..inference.traces import RngState, preserved_rng
 from .gradients import format_gradient_variance, gradient_variance
+from .report import standard_error, text_table
 
 UNITS = "nats per datapoint"
 #: the fewest datapoints an IWAE row's second draw uses when it runs on a subset of x.
@@ -41,21 +42,6 @@ MIN_SD_POINTS = 64
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-class _Rng:
-    """The random state of the CPU (and of x's GPU), to start each row from the same draws."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.state = get_rng_state()
-        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
-        self.device = device
-
-    def restore(self):
-        set_rng_state(self.state)
-        if self.cuda:
-            torch.cuda.set_rng_state(self.cuda_state, self.device)
-
-
 def _evaluate(fn: Callable, x: torch.Tensor, batch_size: int, bar) -> torch.Tensor:
     """fn over x in batches: the per-datapoint values [N] (float64, CPU)."""
     out = []
@@ -64,12 +50,6 @@ def _evaluate(fn: Callable, x: torch.Tensor, batch_size: int, bar) -> torch.Tens
             out.append(fn(x[start:start + batch_size]).detach().to("cpu", torch.float64))
             bar.update(1)
     return torch.cat(out)
-
-
-def _se(values: torch.Tensor) -> Optional[float]:
-    """Standard error of the mean of ``values`` (None for fewer than two)."""
-    n = values.numel()
-    return float(values.std() / math.sqrt(n)) if n > 1 else None
 
 
 def _spec_rows(vae, particles, iw_samples):
@@ -83,14 +63,11 @@ def _spec_rows(vae, particles, iw_samples):
 
 def _closed_form_problem(vae, x) -> Optional[str]:
     """Why ``closed_form_elbo`` cannot run on this VAE (None when it can)."""
-    state = get_rng_state()
     try:
-        with torch.no_grad():
+        with preserved_rng(), torch.no_grad():
             closed_form_elbo(vae, x[:1])
     except ValueError as e:
         return str(e)
-    finally:
-        set_rng_state(state)
     return None
 
 
@@ -153,7 +130,7 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     total = sum(batches + math.ceil((sd_points[p] if name == "iwae_bound" else n) / batch_size)
                 for name, _, p, _ in specs if not (name == "closed_form_elbo" and cf_problem))
 
-    rng = _Rng(x.device)
+    rng = RngState()
     rows, values = [], {}
     with tqdm(total=total, disable=not progress, desc="estimators", unit="batch") as bar:
         for name, pname, p, fn in specs:
@@ -173,7 +150,7 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
             m = sd_points[p] if name == "iwae_bound" else n
             b = _evaluate(fn, x[:m], batch_size, bar)
             values[row["label"]] = a
-            row.update(mean=float(a.mean()), se=_se(a), sd_n=m,
+            row.update(mean=float(a.mean()), se=standard_error(a), sd_n=m,
                        estimator_sd=float(((a[:m] - b) ** 2 / 2).mean().sqrt()))
             if m < n:
                 row["note"] = f"sd from a second draw on the first {m} of {n} datapoints"
@@ -204,24 +181,11 @@ def _differences(values: dict, ks: Sequence[int]) -> List[dict]:
     out = []
     for a, b in pairs:
         d = values[b] - values[a]
-        out.append({"a": a, "b": b, "mean": float(d.mean()), "se": _se(d)})
+        out.append({"a": a, "b": b, "mean": float(d.mean()), "se": standard_error(d)})
     return out
 
 
 # -- reading the result ----------------------------------------------------------------------------
-def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> List[str]:
-    """Lines of an aligned table; ``align`` has an ``l`` or ``r`` per column (default: the first
-    column left, the others right)."""
-    align = align or "l" + "r" * (len(head) - 1)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                         for c, w, a in zip(cells, widths, align)).rstrip()
-
-    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
 def _num(v, fmt: str = ".4f") -> str:
     return "—" if v is None else format(v, fmt)
 
@@ -253,46 +217,3 @@ def format_table(result: dict) -> str:
     if result.get("gradient_variance"):
         lines += ["", format_gradient_variance(result["gradient_variance"])]
     return "\n".join(lines)
-
-
-def plot_comparison(result: dict, path) -> str:
-    """A PNG: every estimator's mean ± 2 SE, and the IWAE bound against k (log axis) over the ELBO."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r["available"]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    pos = list(range(len(rows)))
-    left.errorbar(pos, [r["mean"] for r in rows], yerr=[2 * (r["se"] or 0) for r in rows],
-                  fmt="o", capsize=4)
-    left.set_xticks(pos, [r["label"] for r in rows], rotation=35, ha="right", fontsize=8)
-    left.set_ylabel(UNITS)
-    left.set_title("mean ± 2 SE (over datapoints)")
-    left.grid(alpha=0.3)
-
-    iwae = sorted((r for r in rows if r["name"] == "iwae_bound"), key=lambda r: r["parameter"])
-    elbo = next((r for r in rows if r["name"] == "analytic_elbo"), None)
-    gain_se = {d["b"]: d["se"] or 0 for d in result["differences"] if d["a"] == "analytic_elbo r=1"}
-    if iwae:
-        k = [r["parameter"] for r in iwae]
-        mean = [r["mean"] for r in iwae]
-        band = [2 * gain_se.get(r["label"], 0) for r in iwae]
-        right.plot(k, mean, "o-", label="IWAE bound")
-        right.fill_between(k, [m - s for m, s in zip(mean, band)], [m + s for m, s in zip(mean, band)],
-                           alpha=0.25, label="± 2 SE of its gain over the ELBO (paired)")
-        right.set_xscale("log")
-    else:
-        right.text(0.5, 0.5, "no IWAE rows", ha="center", va="center", transform=right.transAxes)
-    if elbo:
-        right.axhline(elbo["mean"], color="k", linestyle="--", label="ELBO (analytic KL)")
-    right.set_xlabel("k (importance samples)")
-    right.set_ylabel(UNITS)
-    right.set_title("IWAE bound against k")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    fig.suptitle(f"ELBO estimators on {result['n']} datapoints")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)

@@ -20,9 +20,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from . import checks
+from .. import checks
 from .distributions import DiagonalNormalMixture, StdNormal
-from .registry import Registry
+from ..registry import Registry
 
 
 class Prior(nn.Module):

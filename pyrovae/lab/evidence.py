@@ -11,23 +11,17 @@ Everything in nats per test datapoint.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyro
 import torch
 
-from .data import load_splits
-from .estimators import analytic_elbo, iwae_bound, mc_elbo
+from ..data import load_splits
+from ..inference.estimators import analytic_elbo, iwae_bound, mc_elbo
+from ..inference.train import train
+from ..model import VAE
 from .exact import make_toy_guide, make_toy_model, ppca_log_evidence, ppca_mle, toy_log_evidence
-from .model import VAE
-from .train import train
+from .report import mean_se
 
 KS = (1, 10, 100, 1000, 5000)
-
-
-def _mean(v: torch.Tensor) -> dict:
-    v = v.double()
-    return {"mean": v.mean().item(), "se": (v.std() / len(v) ** 0.5).item()}
 
 
 def _double(params: dict) -> dict:
@@ -56,13 +50,13 @@ def ppca_experiment(*, epochs: int = 100, iw_samples: int = 5000, test_size: int
         "data": f"ppca: {len(train_split)} train / {len(x_test)} test points, D = {test_split.shape[0]}, "
                 f"L = {latent_dim}",
         "epochs": epochs, "iw_samples": iw_samples, "final_train_elbo": history[-1]["train_elbo"],
-        "tipping_bishop_ml": _mean(ml),
-        "true_parameters": _mean(ppca_log_evidence(x64, **_double(test_split.params))),
-        "vae_exact_log_px": _mean(own), "vae_elbo": _mean(elbo), "vae_iwae": _mean(iwae),
+        "tipping_bishop_ml": mean_se(ml),
+        "true_parameters": mean_se(ppca_log_evidence(x64, **_double(test_split.params))),
+        "vae_exact_log_px": mean_se(own), "vae_elbo": mean_se(elbo), "vae_iwae": mean_se(iwae),
         # paired, datapoint by datapoint
-        "gap_ml_minus_vae_log_px": _mean(ml - own),
-        "gap_vae_log_px_minus_elbo": _mean(own - elbo),
-        "gap_vae_log_px_minus_iwae": _mean(own - iwae),
+        "gap_ml_minus_vae_log_px": mean_se(ml - own),
+        "gap_vae_log_px_minus_elbo": mean_se(own - elbo),
+        "gap_vae_log_px_minus_iwae": mean_se(own - iwae),
     }
 
 
@@ -76,31 +70,13 @@ def toy_experiment(*, epochs: int = 30, ks=KS, test_size: int = 1000, seed: int 
     x = test_split.x[:test_size].double()
     with torch.no_grad():
         log_px = toy_log_evidence(x, p["a"], p["b"], p["mu"])
-        gaps = {k: _mean(log_px - iwae_bound(model, guide, x, k)) for k in ks}
+        gaps = {k: mean_se(log_px - iwae_bound(model, guide, x, k)) for k in ks}
         return {
             "data": f"toy: z ~ Uniform({p['a']}, {p['b']}), x ~ N({p['mu']}, z²); {len(x)} test points",
-            "log_px": _mean(log_px),
-            "elbo_gap": _mean(log_px - mc_elbo(model, guide, x, 100)),
+            "log_px": mean_se(log_px),
+            "elbo_gap": mean_se(log_px - mc_elbo(model, guide, x, 100)),
             "iwae_gap": {str(k): g for k, g in gaps.items()},
         }
-
-
-def plot_toy_gap(result: dict, path) -> Path:
-    """log p(x) − IWAE_k against k (log axes), with the ELBO's gap as a reference line."""
-    from .plots import save_figure
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ks = [int(k) for k in result["iwae_gap"]]
-    gaps = [result["iwae_gap"][str(k)] for k in ks]
-    ax.errorbar(ks, [g["mean"] for g in gaps], yerr=[2 * g["se"] for g in gaps], marker="o", capsize=3,
-                label="log p(x) − IWAE_k (± 2 SE)")
-    ax.axhline(result["elbo_gap"]["mean"], color="grey", linestyle="--", label="log p(x) − ELBO")
-    ax.set(xscale="log", xlabel="k (importance samples)", ylabel="gap (nats per datapoint)",
-           title="The notes' toy model: the bound closes as k grows")
-    ax.legend()
-    return save_figure(fig, path)
 
 
 def format_result(result: dict) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from torchvision.utils import make_grid
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -64,21 +65,12 @@ def as_images(x, input_shape: Sequence[int]) -> Optional[np.ndarray]:
 
 
 def image_grid(images: np.ndarray, ncol: int, pad_value: float = 1.0) -> np.ndarray:
-    """Tile ``images`` [N, H, W] row by row into ``[rows*H + rows-1, ncol*W + ncol-1]``.
-
-    ``rows = ceil(N / ncol)`` (``ncol`` is capped at N); images are separated by 1-pixel lines of
-    ``pad_value``, which also fills the empty cells of the last row. Image k sits at row
-    ``(k // ncol) * (H + 1)``, column ``(k % ncol) * (W + 1)``.
-    """
-    images = np.asarray(images)
-    n, h, w = images.shape
-    ncol = max(1, min(ncol, n))
-    rows = -(-n // ncol)
-    grid = np.full((rows * (h + 1) - 1, ncol * (w + 1) - 1), pad_value, dtype=images.dtype)
-    for k, image in enumerate(images):
-        r, c = divmod(k, ncol)
-        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = image
-    return grid
+    """Tile ``images`` [N, H, W] row by row with ``torchvision.utils.make_grid``: ``ncol`` per row
+    (capped at N), 1-pixel lines of ``pad_value`` around and between them, which also fill the
+    empty cells of the last row. Image k sits at row ``1 + (k // ncol)(H + 1)``, column
+    ``1 + (k % ncol)(W + 1)``; the grid is ``[rows(H + 1) + 1, ncol(W + 1) + 1]``."""
+    tensor = torch.as_tensor(np.asarray(images, dtype=np.float32)).unsqueeze(1)  # [N, 1, H, W]
+    return make_grid(tensor, nrow=max(1, ncol), padding=1, pad_value=pad_value)[0].numpy()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -322,3 +314,57 @@ def plot_all(vae, run_dir: PathLike, x, labels=None, metrics=None) -> list:
         other = _other_example(labels, x)
         paths.append(plot_interpolation(vae, x[0], x[other], run_dir / "interpolation.png"))
     return paths
+
+
+# ----------------------------------------------------------------------------- the lab's results
+
+
+def plot_comparison(result: dict, path) -> str:
+    """A PNG: every estimator's mean ± 2 SE, and the IWAE bound against k (log axis) over the ELBO."""
+    rows = [r for r in result["rows"] if r["available"]]
+    units = result["units"]
+    fig, (left, right) = _figure(12, 4.8, ncols=2)
+    pos = list(range(len(rows)))
+    left.errorbar(pos, [r["mean"] for r in rows], yerr=[2 * (r["se"] or 0) for r in rows],
+                  fmt="o", capsize=4)
+    left.set_xticks(pos, [r["label"] for r in rows], rotation=35, ha="right", fontsize=8)
+    left.set_ylabel(units)
+    left.set_title("mean ± 2 SE (over datapoints)")
+    left.grid(alpha=0.3)
+
+    iwae = sorted((r for r in rows if r["name"] == "iwae_bound"), key=lambda r: r["parameter"])
+    elbo = next((r for r in rows if r["name"] == "analytic_elbo"), None)
+    gain_se = {d["b"]: d["se"] or 0 for d in result["differences"] if d["a"] == "analytic_elbo r=1"}
+    if iwae:
+        k = [r["parameter"] for r in iwae]
+        mean = [r["mean"] for r in iwae]
+        band = [2 * gain_se.get(r["label"], 0) for r in iwae]
+        right.plot(k, mean, "o-", label="IWAE bound")
+        right.fill_between(k, [m - s for m, s in zip(mean, band)], [m + s for m, s in zip(mean, band)],
+                           alpha=0.25, label="± 2 SE of its gain over the ELBO (paired)")
+        right.set_xscale("log")
+    else:
+        right.text(0.5, 0.5, "no IWAE rows", ha="center", va="center", transform=right.transAxes)
+    if elbo:
+        right.axhline(elbo["mean"], color="k", linestyle="--", label="ELBO (analytic KL)")
+    right.set_xlabel("k (importance samples)")
+    right.set_ylabel(units)
+    right.set_title("IWAE bound against k")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"ELBO estimators on {result['n']} datapoints")
+    return save_figure(fig, path)
+
+
+def plot_toy_gap(result: dict, path) -> Path:
+    """log p(x) − IWAE_k against k (log axes), with the ELBO's gap as a reference line."""
+    fig, ax = _figure(6, 4)
+    ks = [int(k) for k in result["iwae_gap"]]
+    gaps = [result["iwae_gap"][str(k)] for k in ks]
+    ax.errorbar(ks, [g["mean"] for g in gaps], yerr=[2 * g["se"] for g in gaps], marker="o", capsize=3,
+                label="log p(x) − IWAE_k (± 2 SE)")
+    ax.axhline(result["elbo_gap"]["mean"], color="grey", linestyle="--", label="log p(x) − ELBO")
+    ax.set(xscale="log", xlabel="k (importance samples)", ylabel="gap (nats per datapoint)",
+           title="The notes' toy model: the bound closes as k grows")
+    ax.legend()
+    return save_figure(fig, path)

@@ -1,0 +1,234 @@
+"""Data sets for pyrovae, each held as one tensor on one device.
+
+Every loader returns a :class:`DataSplit` whose ``x`` has shape ``[N, *shape]``:
+
+========================  ===============  ======================================  ========
+name                      ``shape``        units of ``x``                          labels
+========================  ===============  ======================================  ========
+``mnist``                 ``[28, 28]``     float32 intensities in [0, 1]           0..9
+``fashion-mnist``         ``[28, 28]``     float32 intensities in [0, 1]           0..9
+``kmnist``                ``[28, 28]``     float32 intensities in [0, 1]           0..9
+``frey``                  ``[28, 20]``     float32 intensities in [0, 1]           None
+``ppca``                  ``[obs_dim]``    float32, real-valued (default 5)        None
+``toy``                   ``[1]``          float32, real-valued                    None
+========================  ===============  ======================================  ========
+
+Labels, where there are any, are int64 ``[N]``.
+
+Where the files come from
+    Real data is read from the *data dir* (:func:`resolve_data_dir`: ``--data-dir``, else
+    ``$PYROVAE_DATA_DIR``, else ``~/.cache/pyrovae``) and is never written there.  MNIST-style
+    sets are looked up as ``<data dir>/<Class>/raw/<file>.gz`` (``<Class>`` being ``MNIST``,
+    ``FashionMNIST`` or ``KMNIST``, files named as in torchvision's ``resources``) or as the
+    same names without ``.gz``; they are extracted into :func:`cache_dir`, which torchvision
+    then reads.  Only when the files are absent does torchvision try to download them, into the
+    cache; set ``PYROVAE_OFFLINE=1`` to skip that attempt.  Frey Face is
+    ``<data dir>/FreyFace/frey_rawface.mat``.
+
+Splits
+    MNIST-style sets keep their official 60000/10000 train/test split.  Frey Face has none:
+    a permutation of its 1965 faces drawn with ``torch.Generator().manual_seed(0)``
+    (``torch.randperm``) gives the train set (its first 1765 indices, in that order) and the
+    test set (its last 200).  The synthetic sets draw 5000 + 1000 examples in one call and
+    split them in that order, so both splits share one generating model.
+
+Binarization: see :mod:`pyrovae.data.splits`.
+
+A new data set is one loader function and one line, ``@DATASETS.register("name")``: it takes
+``(split, data_dir, seed)`` and returns ``(x [N, ...], labels [N] or None, params or None)``;
+mark a real-valued one with ``loader.real_valued = True`` (it is then never binarized).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .cache import not_found, offline, extract_raw, resolve_data_dir, cache_dir
+from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
+
+FREY_FILE = "FreyFace/frey_rawface.mat"
+FREY_SHAPE = (28, 20)
+FREY_N = 1965
+FREY_SPLIT_SEED = 0
+FREY_N_TEST = 200
+SYNTHETIC_SIZES = {"train": 5000, "test": 1000}
+
+
+def _torchvision_class(class_name: str) -> type:
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, class_name)
+
+
+def _try_download(cls: type, root: Path) -> str:
+    """Let torchvision download ``cls`` into ``root``; returns what went wrong ('' if nothing)."""
+    if offline():
+        return "Download skipped: PYROVAE_OFFLINE is set."
+    try:
+        cls(root=str(root), train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not available"
+        return f"Download into {root} failed too: {type(err).__name__}: {err}"
+    return ""
+
+
+def _prepare_mnist_files(cls: type, data_dir: Path, root: Path) -> None:
+    """Extract ``cls``'s raw files from ``data_dir`` into ``root``, else download them there."""
+    raw = f"{cls.__name__}/raw"
+    extracted = [extract_raw(f, md5, data_dir / raw, root / raw) for f, md5 in cls.resources]
+    if all(extracted):
+        return
+    why = _try_download(cls, root)
+    if why:
+        expected = [f"{raw}/{f}" for f, _ in cls.resources]
+        raise not_found(data_dir, expected, why)
+
+
+def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor, Tensor]:
+    """``torchvision.datasets.<class_name>`` split: x float32 ``[N, 28, 28]`` in [0, 1], labels int64 ``[N]``."""
+    cls, root = _torchvision_class(class_name), cache_dir()
+    _prepare_mnist_files(cls, data_dir, root)
+    ds = cls(root=str(root), train=split == "train", download=False)
+    return ds.data.float().div_(255.0), ds.targets.long()
+
+
+def frey_split_indices(split: str) -> Tensor:
+    """Indices into the 1965 faces: a ``manual_seed(0)`` randperm; first 1765 train, last 200 test."""
+    _check_choice("split", split, SPLITS)
+    perm = torch.randperm(FREY_N, generator=torch.Generator().manual_seed(FREY_SPLIT_SEED))
+    n_train = FREY_N - FREY_N_TEST
+    return perm[:n_train] if split == "train" else perm[n_train:]
+
+
+def load_frey(data_dir: Path) -> Tensor:
+    """All Frey faces: float32 ``[1965, 28, 20]`` in [0, 1] (``ff`` column k, row-major, / 255)."""
+    path = data_dir / FREY_FILE
+    if not path.exists():
+        raise not_found(data_dir, [FREY_FILE], "No such file.")
+    from scipy.io import loadmat
+
+    ff = loadmat(path)["ff"]  # [560, 1965] uint8
+    return torch.from_numpy(ff.T.reshape(-1, *FREY_SHAPE).copy()).float().div_(255.0)
+
+
+def ppca_data(
+    n: int, *, latent_dim: int = 2, obs_dim: int = 5, sigma: float = 0.5, seed: int = 0
+) -> tuple[Tensor, dict]:
+    """Samples of probabilistic PCA: z ~ N(0, I), x = W z + b + sigma * eps, eps ~ N(0, I).
+
+    One ``torch.Generator().manual_seed(seed)`` draws, in this order, ``W`` ``[obs_dim,
+    latent_dim]`` with N(0, 1) entries, ``b`` ``[obs_dim]`` with N(0, 1) entries, ``z``
+    ``[n, latent_dim]`` and ``eps`` ``[n, obs_dim]``.  Returns ``x`` float32 ``[n, obs_dim]`` and
+    ``{"W", "b", "sigma"}``; the covariance of x is ``W W^T + sigma^2 I``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(obs_dim, latent_dim, generator=g)
+    b = torch.randn(obs_dim, generator=g)
+    z = torch.randn(n, latent_dim, generator=g)
+    x = z @ w.T + b + sigma * torch.randn(n, obs_dim, generator=g)
+    return x, {"W": w, "b": b, "sigma": sigma}
+
+
+def toy_data(
+    n: int, *, a: float = 0.5, b: float = 2.0, mu: float = 0.0, seed: int = 0
+) -> tuple[Tensor, dict]:
+    """The lecture notes' toy model: z ~ Uniform(a, b), x ~ N(mu, z^2).
+
+    One ``torch.Generator().manual_seed(seed)`` draws ``z`` ``[n, 1]`` then the noise
+    ``[n, 1]``.  Returns ``x`` float32 ``[n, 1]`` (mean ``mu``, variance
+    ``(a^2 + a b + b^2) / 3``) and ``{"a", "b", "mu"}``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = a + (b - a) * torch.rand(n, 1, generator=g)
+    x = mu + z * torch.randn(n, 1, generator=g)
+    return x, {"a": a, "b": b, "mu": mu}
+
+
+# Each loader: (split, data_dir, seed) -> (x, labels, params)
+_Loaded = tuple[Tensor, "Tensor | None", "dict | None"]
+
+
+def _load_torchvision(class_name: str, split: str, data_dir: Path, seed: int) -> _Loaded:
+    x, labels = load_mnist_like(class_name, split, data_dir)
+    return x, labels, None
+
+
+def _load_frey(split: str, data_dir: Path, seed: int) -> _Loaded:
+    return load_frey(data_dir)[frey_split_indices(split)], None, None
+
+
+def _load_synthetic(sampler: Callable, split: str, data_dir: Path, seed: int) -> _Loaded:
+    n_train = SYNTHETIC_SIZES["train"]
+    x, params = sampler(n_train + SYNTHETIC_SIZES["test"], seed=seed)
+    return (x[:n_train] if split == "train" else x[n_train:]), None, params
+
+
+#: name → loader ``(split, data_dir, seed) -> (x, labels, params)``
+DATASETS = Registry("dataset")
+DATASETS.register("mnist", partial(_load_torchvision, "MNIST"))
+DATASETS.register("fashion-mnist", partial(_load_torchvision, "FashionMNIST"))
+DATASETS.register("kmnist", partial(_load_torchvision, "KMNIST"))
+DATASETS.register("frey", _load_frey)
+for _name, _sampler in (("ppca", ppca_data), ("toy", toy_data)):
+    _loader = partial(_load_synthetic, _sampler)
+    _loader.real_valued = True
+    DATASETS.register(_name, _loader)
+
+
+def is_image_dataset(name: str) -> bool:
+    """Whether ``name`` holds images (intensities in [0, 1] that may be binarized)."""
+    return not getattr(DATASETS.get(name), "real_valued", False)
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _check_args(name: str, split: str, binarize: str, subset: int) -> None:
+    DATASETS.get(name)
+    _check_choice("split", split, SPLITS)
+    _check_choice("binarize", binarize, BINARIZE_MODES)
+    if binarize != "none" and not is_image_dataset(name):
+        raise ValueError(f"binarize={binarize!r} needs an image data set; {name!r} is real-valued")
+    if subset < 0:
+        raise ValueError(f"subset must be >= 0 (0 = all); got {subset}")
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    binarize: str = "none",
+    subset: int = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> DataSplit:
+    """Load one split of ``name`` (one of :data:`DATASETS`) as a :class:`DataSplit` on ``device``.
+
+    ``binarize``: ``"none" | "static" | "dynamic"`` (image sets only; see the module doc).
+    ``subset``: keep the first ``subset`` examples (0 = all), taken after binarization so a
+    subset is a prefix of the full set.  ``seed``: seeds the synthetic sets and the dynamic
+    per-epoch draws.  Raises ValueError on a bad argument, DataNotFoundError on missing files.
+    """
+    _check_args(name, split, binarize, subset)
+    x, labels, params = DATASETS.get(name)(split, resolve_data_dir(data_dir), seed)
+    mode = stored_mode(binarize, split)
+    if mode == "static":
+        x = binarize_once(x, split)
+    if subset:
+        x, labels = x[:subset].clone(), None if labels is None else labels[:subset].clone()
+    data = DataSplit(x, labels, name, split, mode, seed, params)
+    return data.to(device)
+
+
+def load_splits(name: str, **kwargs) -> tuple[DataSplit, DataSplit]:
+    """``(train, test)``: :func:`load_dataset` for both splits with the same keyword arguments."""
+    return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)

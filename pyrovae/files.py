@@ -1,0 +1,38 @@
+"""Writing files so that a crash or a kill never leaves half of one.
+
+:func:`atomic_write` writes through a fresh temporary file in the target's folder (created with
+``O_EXCL`` by :func:`tempfile.mkstemp`, so it never follows a planted link), flushes it to disk,
+then renames it over the target (``os.replace`` is atomic): readers see the old file or the new
+one. On any error the temporary file is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, os.PathLike], mode: str = "w") -> Iterator[IO]:
+    """``with atomic_write(path, "wb") as f: ...`` — ``path`` appears whole when the block ends."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)

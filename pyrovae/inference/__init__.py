@@ -1,0 +1,18 @@
+"""Inference on any Pyro model/guide pair.
+
+===============  ==================================================================================
+``traces``       running a pair as Pyro's ELBOs do: traces, particles, plate nesting, closed-form KL
+``estimators``   per-datapoint ELBO estimates (Monte Carlo, analytic KL, the notes' closed form) and
+                 the importance-weighted bound, in nats
+``elbos``        Pyro's ELBOs by name (:data:`ELBOS`) and :class:`MeanField_ELBO`
+``train``        :func:`train`: SVI over a data set, minibatches scaled to its size, checkpoints
+``checkpoint``   atomic checkpoint files read back without unpickling arbitrary objects
+===============  ==================================================================================
+"""
+from .elbos import ELBOS, MeanField_ELBO, make_elbo
+from .estimators import (analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound, log_weights,
+                         mc_elbo)
+from .train import ScaleLatents, Trainer, train
+
+__all__ = ["ELBOS", "MeanField_ELBO", "make_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo",
+           "elbo_parts", "iwae_bound", "log_weights", "mc_elbo", "ScaleLatents", "Trainer", "train"]

@@ -1,0 +1,97 @@
+"""Trace helpers shared by the estimators, the ELBOs and the trainer (public inside pyrovae).
+
+A model/guide pair is run the way Pyro's ELBOs run it: the guide is traced, then the model is
+traced replaying the guide's draws (:func:`traces`). :func:`particle_traces` does the same with
+r draws vectorized in a plate left of every plate of the pair; :func:`plate_nesting` finds how
+many batch dimensions the pair's plates use; :func:`kl_or_none` is the closed-form KL of a latent
+site where torch or Pyro registers one. Helpers that only look at a pair run it under
+:func:`preserved_rng`, so the random state — CPU and CUDA — is as it was afterwards.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from torch.distributions import kl_divergence
+
+#: the name of the plate over vectorized particles
+PARTICLES = "_num_particles_vectorized"
+
+
+def traces(model, guide, *args, **kwargs):
+    """(model trace, guide trace): the guide's trace, and the model's replayed on its draws."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def particle_traces(model, guide, num_particles: int, max_plate_nesting: int, *args, **kwargs):
+    """:func:`traces` with ``num_particles`` draws vectorized in a plate left of all others."""
+    with pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1)):
+        return traces(model, guide, *args, **kwargs)
+
+
+def sample_sites(trace) -> Dict[str, dict]:
+    """The sample sites of a trace, by name, in the order they were sampled."""
+    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"}
+
+
+def preserved_rng():
+    """A context in which the pair may draw: torch's CPU and CUDA random states are restored after."""
+    return torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else [])
+
+
+class RngState:
+    """torch's CPU (and CUDA) random state at construction; :meth:`restore` goes back to it."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def dry_run(model, guide, *args, **kwargs):
+    """:func:`traces` without gradients and with the random state left untouched."""
+    with preserved_rng(), torch.no_grad():
+        return traces(model, guide, *args, **kwargs)
+
+
+def plate_nesting(model, guide, *args, **kwargs) -> int:
+    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it).
+
+    Runs the pair once without touching the random state, so a seed set before an estimator
+    gives the same draws as the same seed before one of Pyro's ELBOs.
+    """
+    dims = [-f.dim for tr in dry_run(model, guide, *args, **kwargs) for s in sample_sites(tr).values()
+            for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
+    return max(dims, default=0)
+
+
+def pair_params(model, guide, *args, **kwargs) -> Dict[str, torch.Tensor]:
+    """Create the pair's parameters (one dry run): name → unconstrained tensor in Pyro's param store."""
+    names = {n for tr in dry_run(model, guide, *args, **kwargs) for n, s in tr.nodes.items() if s["type"] == "param"}
+    store = dict(pyro.get_param_store().named_parameters())
+    return {n: store[n] for n in sorted(names)}
+
+
+def log_density(site) -> torch.Tensor:
+    """A sample site's log-density, masked (its scale ignored), batch-shaped."""
+    return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+
+
+def kl_or_none(guide_site, model_site: Optional[dict], scale=1.0):
+    """scale · KL(q ‖ p), masked, in closed form where one is registered for the pair, else None."""
+    if model_site is None or model_site["is_observed"]:
+        return None
+    try:
+        kl = kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+    return scale_and_mask(kl, scale, guide_site["mask"])
