@@ -20,7 +20,7 @@ class StudentTPrior(Prior):
         self.df = df
 
     def forward(self):
-        return dist.StudentT(self.df, torch.zeros(self.latent_dim), 1.0).to_event(1)
+        return dist.StudentT(self.df, self.zero.expand(self.latent_dim), 1.0).to_event(1)  # on the model's device
 
     def describe(self):
         return f"StudentT(ν={self.df})^{self.latent_dim}"

@@ -59,6 +59,10 @@ class Registry:
 
         return add if factory is None else add(factory)
 
+    def unregister(self, name: str) -> Callable:
+        """Remove ``name`` (e.g. to register a new version in a notebook); return its factory."""
+        return self._factories.pop(self.get(name) and name)
+
     def names(self) -> List[str]:
         """The registered names, sorted (as error messages list them)."""
         return sorted(self._factories)

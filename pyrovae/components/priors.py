@@ -26,7 +26,12 @@ from ..registry import Registry
 
 
 class Prior(nn.Module):
-    """Base class: ``forward() -> Distribution`` with ``event_shape [latent_dim]``."""
+    """Base class: ``forward() -> Distribution`` with ``event_shape [latent_dim]``.
+
+    ``zero`` is a scalar buffer that moves with the module (``.to(device)``, ``.double()``): build
+    the distribution's tensors from it or from parameters (``self.zero.expand(L)``, not
+    ``torch.zeros(L)``, which would stay a float32 CPU tensor when the model is on a GPU).
+    """
 
     #: True when the prior evaluates the encoder (the model must then register it).
     uses_encoder = False
@@ -34,6 +39,7 @@ class Prior(nn.Module):
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = checks.positive_int("latent_dim", latent_dim)
+        self.register_buffer("zero", torch.zeros(()))
 
     def attach(self, vae) -> None:
         """Called once by the VAE that owns this prior (VampPrior needs its encoder)."""
@@ -49,10 +55,6 @@ class FixedPrior(Prior):
     """p(z) = Π_l family(z_l; 0, 1) with no parameters (``family`` a location-scale class)."""
 
     family = None
-
-    def __init__(self, latent_dim: int):
-        super().__init__(latent_dim)
-        self.register_buffer("zero", torch.zeros(()))
 
     def forward(self):
         loc = self.zero.expand(self.latent_dim)
