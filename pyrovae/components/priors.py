@@ -63,7 +63,7 @@ class FixedPrior(Prior):
 
 @PRIORS.register("normal")
 class StandardNormal(FixedPrior):
-    """p(z) = N(0, I_L), as ``StdNormal``: log p(z) and KL(q‖p) in closed form (pyrovae.distributions)."""
+    """p(z) = N(0, I_L), as ``StdNormal``: log p(z) and KL(q‖p) in closed form (pyrovae.components.distributions)."""
 
     family = dist.Normal
 

@@ -259,9 +259,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         model, guide: any Pyro pair taking a batch x ``[B, ...]`` (e.g. ``vae.model``, ``vae.guide``).
         data, test_data: a tensor ``[N, ...]`` or a :class:`pyrovae.data.DataSplit` (dynamic
             binarization is redrawn every epoch).
-        elbo: ``"trace"`` (Trace_ELBO), ``"mean-field"`` (:class:`pyrovae.elbos.MeanField_ELBO`,
+        elbo: ``"trace"`` (Trace_ELBO), ``"mean-field"`` (:class:`pyrovae.inference.elbos.MeanField_ELBO`,
             TraceMeanField_ELBO's estimate), ``"iwae"`` (RenyiELBO, alpha=0, ``num_particles``
-            samples) or ``"graph"`` (TraceGraph_ELBO); see :mod:`pyrovae.elbos`.
+            samples) or ``"graph"`` (TraceGraph_ELBO); see :mod:`pyrovae.inference.elbos`.
         seed: seeds Pyro/torch before training (seed before building the model to fix its init).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``; a model/guide that are
             methods of an ``nn.Module`` have that module moved there.

@@ -1,7 +1,7 @@
 """The estimator lab: every ELBO and log-likelihood estimator on the same data, side by side.
 
 :func:`compare_estimators` evaluates, on data x of N datapoints (in batches, so memory stays
-bounded), one row per estimator of :mod:`pyrovae.estimators`:
+bounded), one row per estimator of :mod:`pyrovae.inference.estimators`:
 
 - ``mc_elbo`` with r particles, for each r in ``particles``;
 - ``analytic_elbo`` (r = 1: closed-form KL, one draw for log p(x|z));
@@ -95,7 +95,7 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
         common_random_numbers: start every row from the same random state (the default), so
             that e.g. ``closed_form_elbo`` and ``analytic_elbo`` use the same ε.
         keep_values: also return each row's per-datapoint values (``values``, N floats).
-        gradient_draws: if positive, also run :func:`pyrovae.gradients.gradient_variance` on the
+        gradient_draws: if positive, also run :func:`pyrovae.lab.gradients.gradient_variance` on the
             first ``gradient_batch`` datapoints with this many draws (``gradient_variance``).
         progress: show a tqdm progress bar.
 
