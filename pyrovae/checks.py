@@ -5,23 +5,24 @@ import math
 import numbers
 
 import torch
+from .errors import DataError, InputError, InputTypeError
 
 
 def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def non_negative_int(name: str, value, unit: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer{unit}, got {value!r}")
+        raise InputError(f"{name} must be a non-negative integer{unit}, got {value!r}")
     return int(value)
 
 
 def positive_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise InputError(f"{name} must be a positive number, got {value!r}")
     return float(value)
 
 
@@ -31,9 +32,9 @@ def shape(name: str, value) -> tuple:
     try:
         dims = tuple(dims)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}") from None
+        raise InputTypeError(f"{name} must be an int or a tuple of ints, got {value!r}") from None
     if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in dims):
-        raise ValueError(f"{name} must be a positive int or a tuple of positive ints, got {value!r}")
+        raise InputError(f"{name} must be a positive int or a tuple of positive ints, got {value!r}")
     return tuple(int(d) for d in dims)
 
 
@@ -44,15 +45,16 @@ def data_tensor(x, event_shape: tuple, name: str = "x") -> tuple:
     """
     dims = ", ".join(map(str, event_shape))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [batch, {dims}], got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor of shape [batch, {dims}], got {type(x).__name__}")
     if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"{name} must have shape [batch, {dims}], got {list(x.shape)}")
+        raise DataError(f"{name} must have shape [batch, {dims}], got {list(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        hint = ": convert 8-bit images to intensities in [0, 1] with x.float() / 255" if x.dtype == torch.uint8 else ""
+        raise DataError(f"{name} must be a floating-point tensor, got dtype {x.dtype}{hint}")
     if x.numel() == 0:
-        raise ValueError(f"{name} must hold at least one datapoint, got shape {list(x.shape)}")
+        raise DataError(f"{name} must hold at least one datapoint, got shape {list(x.shape)}")
     lo, hi = (v.item() for v in torch.aminmax(x))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
+        raise DataError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
     return lo, hi

@@ -10,12 +10,28 @@ class PyrovaeError(Exception):
     """Base class of every error pyrovae raises for bad input or a failed run."""
 
 
-class ConfigError(PyrovaeError, ValueError):
-    """A configuration file, override or component name that does not validate."""
+class InputError(PyrovaeError, ValueError):
+    """An argument of the wrong value: the message names the argument, what was expected and what came."""
 
 
-class DataNotFoundError(PyrovaeError, FileNotFoundError):
+class InputTypeError(InputError, TypeError):
+    """An argument of the wrong type."""
+
+
+class ConfigError(InputError):
+    """A configuration file, override, component name or option that does not validate."""
+
+
+class DataError(InputError):
+    """Data of the wrong shape, dtype or values, or a data file that is corrupt."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """The files of a data set are not in the data dir (and could not be downloaded)."""
+
+
+class PairError(InputError):
+    """A model/guide pair whose sites do not match (a latent without a guide site, and so on)."""
 
 
 class CheckpointError(PyrovaeError, ValueError):

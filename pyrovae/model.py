@@ -23,6 +23,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
+from .errors import DataError, InputError, InputTypeError
 from . import checks
 from .components.guides import GUIDES, DiagonalNormal
 from .components.likelihoods import LIKELIHOODS, Likelihood
@@ -71,7 +72,7 @@ class VAE(nn.Module):
     def _networks(self, net, hidden, activation, encoder, decoder):
         for name, module in (("encoder", encoder), ("decoder", decoder)):
             if module is not None and not isinstance(module, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+                raise InputTypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
         if encoder is not None and decoder is not None:
             return encoder, decoder
         default_enc, default_dec = NETS.build(net, input_shape=self.input_shape, latent_dim=self.latent_dim,
@@ -88,7 +89,7 @@ class VAE(nn.Module):
     def _feature_dim(self) -> int:
         h = self._probe(self.encoder, self.input_shape)
         if h.dim() != 2 or h.shape[0] != 2:
-            raise ValueError(f"encoder must map [batch, {', '.join(map(str, self.input_shape))}] to "
+            raise InputError(f"encoder must map [batch, {', '.join(map(str, self.input_shape))}] to "
                              f"[batch, features], got output shape {list(h.shape)} for a batch of 2")
         return h.shape[-1]
 
@@ -107,7 +108,7 @@ class VAE(nn.Module):
             return out.unsqueeze(-len(shape) - 1)
         if out.shape[-1] == math.prod(full):
             return out.unflatten(-1, full)
-        raise ValueError(f"decoder output must end in {list(full)} (or {math.prod(full)} flat) for the "
+        raise InputError(f"decoder output must end in {list(full)} (or {math.prod(full)} flat) for the "
                          f"{self.likelihood.registry_name} likelihood, got shape {list(out.shape)}")
 
     def posterior(self, x: torch.Tensor):
@@ -119,8 +120,12 @@ class VAE(nn.Module):
         return self.likelihood(self._decoder_out(self.decoder(z)))
 
     def check_data(self, x) -> torch.Tensor:
-        """Raise ValueError/TypeError for x of the wrong shape, NaN/Inf, or outside the support."""
+        """Raise DataError for x of the wrong shape or dtype, NaN/Inf, or outside the support."""
         self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
+        param = next(self.parameters(), None)
+        if param is not None and x.dtype != param.dtype:
+            raise DataError(f"x has dtype {x.dtype} but the VAE's parameters have dtype {param.dtype}: convert "
+                            f"one of them (x.to({param.dtype}) or vae.to({x.dtype}))")
         return x
 
     def _validate(self, x) -> None:
@@ -198,7 +203,7 @@ class VAE(nn.Module):
         if type(self.likelihood).log_density is Likelihood.log_density:
             problems.append(f"likelihood {_name(self.likelihood)!r} (no hand-written density)")
         if problems:
-            raise ValueError("closed_form_elbo has no closed form for " + "; ".join(problems))
+            raise InputError("closed_form_elbo has no closed form for " + "; ".join(problems))
 
     def posterior_params(self, x: torch.Tensor):
         """(μ_φ(x), σ_φ(x)), each [batch, L], of the diagonal Gaussian guide (with gradients)."""

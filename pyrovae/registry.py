@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, InputTypeError
 
 ENTRY_POINT_GROUP = "pyrovae.components"
 
@@ -47,11 +47,11 @@ class Registry:
     def register(self, name: str, factory: Optional[Callable] = None):
         """``@REG.register("name")`` above a class or function, or ``REG.register("name", factory)``."""
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            raise InputTypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def add(obj: Callable) -> Callable:
             if name in self._factories:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ConfigError(f"{self.kind} {name!r} is registered twice")
             self._factories[name] = obj
             if isinstance(obj, type):
                 obj.registry_name = name
@@ -76,18 +76,18 @@ class Registry:
 
     def get(self, name: str) -> Callable:
         if not isinstance(name, str) or name not in self._factories:
-            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}")
         return self._factories[name]
 
     def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None, **context):
         """A component from a name (plus ``options``), or ``spec`` itself if it is already one."""
         if self.base is not None and isinstance(spec, self.base):
             if options:
-                raise ValueError(f"{self.kind} options {sorted(options)} given with a {self.kind} object")
+                raise ConfigError(f"{self.kind} options {sorted(options)} given with a {self.kind} object")
             return spec
         if not isinstance(spec, str):
             what = f" or a {self.base.__name__} instance" if self.base is not None else ""
-            raise TypeError(f"{self.kind} must be a name ({', '.join(self.names())}){what}, "
+            raise InputTypeError(f"{self.kind} must be a name ({', '.join(self.names())}){what}, "
                             f"got {type(spec).__name__}")
         factory = self.get(spec)
         params = inspect.signature(factory).parameters
@@ -95,7 +95,7 @@ class Registry:
         allowed = [p for p in params if p not in context and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for {self.kind} {spec!r}; "
+            raise ConfigError(f"unknown option(s) {unknown} for {self.kind} {spec!r}; "
                              f"valid options: {', '.join(allowed) or 'none'}")
         kwargs = {k: v for k, v in context.items() if k in params}
         return factory(**kwargs, **options)

@@ -1,18 +1,44 @@
 """The ``pyrovae`` command line: train, evaluate, sample, reconstruct, plot, compare, exact.
 
-User errors (a missing run dir, a corrupt checkpoint, a bad config, missing data) print one line
-``pyrovae: error: ...`` and exit with status 2; ``--debug`` shows the traceback instead.
+A user's mistake or a failed run — any :class:`pyrovae.errors.PyrovaeError` (a bad config, missing
+or corrupt data, a damaged checkpoint, a diverged training) and any ``OSError`` on the user's
+paths — prints one line ``pyrovae: error: ...`` and exits with status 2; ``--debug`` shows the
+traceback instead. Anything else is a bug in pyrovae: it is shown with its traceback and a request
+to report it (exit status 1). Counts given on the command line are checked by argparse, which
+names the flag.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
+from ..errors import ConfigError, PyrovaeError
 from ..files import write_text
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
+#: what the CLI reports as one line: the user's mistakes and failed runs, and files it could not read or write
+USER_ERRORS = (PyrovaeError, OSError)
+REPORT = "this is a bug in pyrovae: please report it with the traceback above"
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (argparse's error names the flag)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+positive, non_negative = _count(1), _count(0)
 
 
 def _add_train(sub):
@@ -24,6 +50,8 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (with its saved config; "
                         "--set train.epochs=N may extend it)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --out (its checkpoint, metrics, plots and evaluations are removed)")
     p.add_argument("--data-dir", help="where the data sets are (else $PYROVAE_DATA_DIR, else ~/.cache/pyrovae)")
     p.set_defaults(run=cmd_train)
 
@@ -31,22 +59,23 @@ def _add_train(sub):
 def _add_run_dir_commands(sub):
     p = sub.add_parser("evaluate", help="score the test set: ELBOs and the k-sample IWAE log-likelihood")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--iw-samples", type=int, default=5000, help="k for the importance-weighted bound (5000)")
-    p.add_argument("--test-size", type=int, default=0, help="first N test points (0 = all)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--iw-samples", type=positive, default=5000, help="k for the importance-weighted bound (5000)")
+    p.add_argument("--test-size", type=non_negative, default=0, help="first N test points (0 = all)")
+    p.add_argument("--batch-size", type=positive, default=100)
+    p.add_argument("--seed", type=non_negative, default=0, help="seeds the Monte Carlo draws (same seed, same numbers)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("sample", help="draw x from the model: z ~ p(z), then the decoder mean")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-n", type=positive, default=64)
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="test images above their reconstructions")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("-n", type=int, default=10)
+    p.add_argument("-n", type=positive, default=10)
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/reconstructions.png)")
     p.set_defaults(run=cmd_reconstruct)
 
@@ -74,8 +103,18 @@ def cmd_train(args):
     if args.data_dir:
         os.environ["PYROVAE_DATA_DIR"] = args.data_dir
     if args.resume and args.config:
-        raise ValueError("--resume continues the run with its saved config; drop --config")
-    cfg = run.saved_config(args.out, args.overrides) if args.resume else config.load(args.config, args.overrides)
+        raise ConfigError("--resume continues the run with its saved config; drop --config")
+    if args.resume and args.force:
+        raise ConfigError("--resume continues the run and --force replaces it: give one of them")
+    cfg = config.load(args.config, args.overrides)
+    run.prepare_run_dir(args.out, resume=args.resume, force=args.force)
+    if args.resume:
+        cfg = run.saved_config(args.out, args.overrides)
+        done = run.epochs_done(args.out)
+        if done >= cfg["train"]["epochs"]:
+            print(f"pyrovae: {args.out} has already trained {done} epoch(s) (train.epochs = {cfg['train']['epochs']}): "
+                  f"nothing to do; --set train.epochs=N with N > {done} continues it", file=sys.stderr)
+            return
     summary = run.train_run(cfg, args.out, resume=args.resume, progress=True)
     final = summary["final"]
     print(f"{summary['data']}: epoch {final['epoch']}, train ELBO {final['train_elbo']:.2f}, "
@@ -88,15 +127,16 @@ def cmd_evaluate(args):
     from . import run
 
     result = run.evaluate_run(args.run_dir, iw_samples=args.iw_samples, test_size=args.test_size,
-                              batch_size=args.batch_size, progress=not args.json)
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return
-    print(f"{result['data']}, n = {result['n']} ({result['units']})")
-    for name, v in result["estimators"].items():
-        print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}")
-    if "closed_form_elbo" in result:
-        print(f"  closed_form_elbo: {result['closed_form_elbo']}")
+                              batch_size=args.batch_size, progress=not args.json, seed=args.seed)
+    if args.json:  # printed before it is saved: a run dir that cannot be written loses nothing computed
+        print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
+    else:
+        print(f"{result['data']}, n = {result['n']} ({result['units']}), seed {result['seed']}")
+        for name, v in result["estimators"].items():
+            print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}")
+        if "closed_form_elbo" in result:
+            print(f"  closed_form_elbo: {result['closed_form_elbo']}", flush=True)
+    run.write_evaluation(args.run_dir, result)
 
 
 def cmd_sample(args):
@@ -104,7 +144,7 @@ def cmd_sample(args):
 
     from . import plots, run
 
-    _, vae, _ = run.load_run(args.run_dir)
+    _, vae, _ = run.load_run(args.run_dir, data=False)  # no data file is needed to sample
     torch.manual_seed(args.seed)
     out = args.out or args.run_dir / "samples.png"
     plots.plot_samples(vae, out, n=args.n, seed=args.seed)
@@ -133,9 +173,9 @@ def _add_compare(sub):
     p = sub.add_parser("compare", help="the estimator lab: MC vs analytic vs closed-form ELBO, IWAE in k, "
                                        "gradient variance of the encoder")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--test-size", type=int, default=1000, help="first N test points (default 1000; 0 = all)")
-    p.add_argument("--max-k", type=int, default=5000, help="largest IWAE k (of 1, 10, 100, 1000, 5000)")
-    p.add_argument("--gradient-draws", type=int, default=200,
+    p.add_argument("--test-size", type=non_negative, default=1000, help="first N test points (default 1000; 0 = all)")
+    p.add_argument("--max-k", type=positive, default=5000, help="largest IWAE k (of 1, 10, 100, 1000, 5000)")
+    p.add_argument("--gradient-draws", type=non_negative, default=200,
                    help="draws of the encoder gradient per estimator (0 skips the gradient variance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -194,8 +234,15 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        print(f"pyrovae: error: {e}", file=sys.stderr)
+        message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror or e}"
+        print(f"pyrovae: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
+    except Exception:
+        if args.debug:
+            raise
+        traceback.print_exc()
+        print(f"pyrovae: {REPORT}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
+from ..errors import InputError
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -107,7 +108,7 @@ def _save_image_grid(images: np.ndarray, ncol: int, path: PathLike, title: str,
 def _images_or_raise(vae, x) -> np.ndarray:
     images = as_images(x, vae.input_shape)
     if images is None:
-        raise ValueError(f"the data of input_shape {tuple(vae.input_shape)} are not images")
+        raise InputError(f"the data of input_shape {tuple(vae.input_shape)} are not images")
     return images
 
 
@@ -210,7 +211,7 @@ def manifold_grid(vae, n: int = 20, seed: int = 0) -> torch.Tensor:
     (seeded by ``seed``; for N(0, I) these are the normal quantiles Φ⁻¹).
     """
     if vae.latent_dim != 2:
-        raise ValueError(f"the manifold needs latent_dim == 2, got latent_dim = {vae.latent_dim}")
+        raise InputError(f"the manifold needs latent_dim == 2, got latent_dim = {vae.latent_dim}")
     device = _device(vae)
     with _seeded(seed, device):
         draws = vae.prior().sample((PRIOR_DRAWS,))  # [PRIOR_DRAWS, 2]

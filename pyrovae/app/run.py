@@ -2,6 +2,9 @@
 
 ``RUN_DIR`` holds ``config.toml`` (the resolved config), ``checkpoint.pt``, ``metrics.csv``
 (one row per epoch), ``summary.json``, the plots, and after ``evaluate``/``compare`` their JSON.
+Every file is written atomically (:mod:`pyrovae.files`): a kill leaves the old file or the new one.
+A run is never overwritten by accident: training into a directory that holds one needs
+``resume`` (continue it) or ``force`` (replace it, removing its old outputs).
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import csv
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,6 +21,7 @@ import pyro
 import torch
 
 from ..data import is_image_dataset, load_dataset
+from ..errors import CheckpointError, InputError
 from ..files import atomic_write, write_text
 from ..inference import checkpoint as ckpt
 from ..inference import estimators as est
@@ -27,6 +32,10 @@ from ..model import VAE
 from . import config as cfgmod
 
 METRIC_COLUMNS = ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
+#: what a run writes: a directory holding the first two holds a run; --force removes them all
+RUN_FILES = ("checkpoint.pt", "config.toml", "metrics.csv", "summary.json", "evaluation.json", "compare.json",
+             "compare.png", "curves.png", "reconstructions.png", "samples.png", "manifold.png", "latent.png",
+             "interpolation.png")
 #: below this KL (nats per datapoint) q(z|x) ≈ p(z) for every x: the decoder ignores z
 COLLAPSED_KL = 0.1
 VARIANTS = {"none": "intensities in [0, 1]", "static": "static binarization (seed 0)",
@@ -83,14 +92,44 @@ def saved_config(run_dir, overrides=()) -> dict:
     if others:
         raise cfgmod.ConfigError(f"--resume keeps the run's saved config; only --set train.epochs=N may change it, "
                                  f"got {others}")
-    return cfgmod.load(None, overrides, base=ckpt.load(Path(run_dir) / "checkpoint.pt")["config"])
+    return cfgmod.load(None, overrides, base=ckpt.load_training(Path(run_dir) / "checkpoint.pt").get("config") or {})
+
+
+def prepare_run_dir(out, *, resume: bool = False, force: bool = False) -> Path:
+    """Check that run dir ``out`` may be written, before any work starts; return it.
+
+    Refused, with one line naming the path: ``out`` is a file; it holds a run and neither
+    ``resume`` nor ``force`` is given; ``resume`` without a checkpoint; a folder that cannot be
+    written (read-only, no space). ``force`` removes the old run's outputs (only the files a run
+    writes). Temporary files a killed run left behind are removed.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a run directory")
+    holds_run = any((out / name).exists() for name in RUN_FILES[:2])
+    if resume and not (out / "checkpoint.pt").exists():
+        raise InputError(f"--resume: {out} holds no checkpoint.pt to continue; train it anew with --force")
+    if holds_run and not (resume or force):
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write to the run directory {out}: {e.strerror or e}") from None
+    for orphan in out.glob(".*.tmp"):
+        orphan.unlink()
+    if force and not resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return out
 
 
 def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) -> dict:
     """Train the config's VAE into run dir ``out`` (continuing its checkpoint if ``resume``);
-    return the summary (also in summary.json)."""
+    return the summary (also in summary.json). Call :func:`prepare_run_dir` first."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", cfgmod.dumps(cfg))
     t = cfg["train"]
     device = resolve_device(t["device"])
@@ -103,6 +142,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
                     test_data=test_split, device=str(device),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
+                    metadata={"input_shape": list(train_split.shape)},
                     callback=lambda h: write_metrics(out / "metrics.csv", h))
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
@@ -116,6 +156,11 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
     write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     _plot_run(vae, out, test_split, history)
     return summary
+
+
+def epochs_done(run_dir) -> int:
+    """How many epochs the run's checkpoint holds."""
+    return ckpt.load_training(Path(run_dir) / "checkpoint.pt")["epoch"]
 
 
 def collapse_warning(kl: float) -> Optional[str]:
@@ -136,31 +181,48 @@ def _plot_run(vae, out, test_split, history):
     plot_all(vae, out, x, labels, history)
 
 
-def load_run(run_dir, device: Optional[str] = "cpu"):
-    """(config, trained VAE, test DataSplit) of a run dir."""
+def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
+    """(config, trained VAE, test DataSplit) of a run dir; with ``data=False`` no data file is
+    read (the test split is None) where the checkpoint records the data's shape."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    state = ckpt.load(run_dir / "checkpoint.pt")
+    state = ckpt.load_training(run_dir / "checkpoint.pt")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{run_dir / 'checkpoint.pt'} holds no run config: it was not written by `pyrovae train`")
     cfg = cfgmod.validate(state["config"])
     device = resolve_device(device)
-    _, test_split = load_data(cfg, device)
+    shape = (state.get("metadata") or {}).get("input_shape")
+    test_split = load_data(cfg, device)[1] if data or shape is None else None
+    shape = tuple(shape or test_split.shape)
     pyro.clear_param_store()
-    vae = build_vae(cfg, test_split.shape).to(device)
-    load_params(pair_params(vae.model, vae.guide, test_split.x[:2]), state["params"])
+    vae = build_vae(cfg, shape).to(device)
+    probe = torch.zeros(2, *shape, device=device)
+    with pyro.validation_enabled(False):
+        params = pair_params(vae.model, vae.guide, probe)
+    load_params(params, state["params"])
     return cfg, vae, test_split
 
 
 def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_size: int = 100,
-                 device: Optional[str] = "auto", progress: bool = True) -> dict:
+                 device: Optional[str] = "auto", progress: bool = True, seed: int = 0) -> dict:
     """Score the test set (its first ``test_size`` points; 0 = all) with every estimator.
 
     Per datapoint, in nats: ``mc_elbo`` (r = 1), ``analytic_elbo`` (r = 1), ``closed_form_elbo``
     (where the VAE has one) and ``iwae_bound`` with ``iw_samples`` samples — the standard
     importance-sampled log-likelihood estimate for k = 5000. Each as mean ± standard error.
-    Writes ``RUN_DIR/evaluation.json``.
+    The draws are seeded by ``seed``: the same seed gives the same numbers. Returns the result;
+    :func:`write_evaluation` saves it.
     """
+    for name, value in (("--iw-samples", iw_samples), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(test_size, bool) or not isinstance(test_size, int) or test_size < 0:
+        raise InputError(f"--test-size must be a non-negative integer (0 = all), got {test_size!r}")
     cfg, vae, test = load_run(run_dir, device)
+    if test_size > len(test):
+        raise InputError(f"--test-size {test_size} is larger than the test set ({len(test)} datapoints)")
+    pyro.set_rng_seed(seed)
     x = test.x[: test_size or None]
     fns = {"mc_elbo": lambda b: est.mc_elbo(vae.model, vae.guide, b),
            "analytic_elbo": lambda b: est.analytic_elbo(vae.model, vae.guide, b),
@@ -177,15 +239,19 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="evaluate", unit="batch")
-    start = time.perf_counter()
     with torch.no_grad():
         for i in batches:
             for name, fn in fns.items():
                 values[name].append(fn(x[i:i + batch_size]).cpu())
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
-              "units": "nats per datapoint (log-probabilities)", "seconds": time.perf_counter() - start,
+              "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()}}
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
-    write_text(Path(run_dir) / "evaluation.json", json.dumps(result, indent=2, ensure_ascii=False))
+    result["seed"] = seed
     return result
+
+
+def write_evaluation(run_dir, result: dict) -> Path:
+    """RUN_DIR/evaluation.json."""
+    return write_text(Path(run_dir) / "evaluation.json", json.dumps(result, indent=2, ensure_ascii=False))

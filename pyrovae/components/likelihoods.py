@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DataError, InputError
 from .. import checks
 from .distributions import LOG_2PI, IndependentBernoulli
 from ..registry import Registry
@@ -86,7 +87,7 @@ class UnitIntervalLikelihood(Likelihood):
 
     def check_range(self, lo, hi):
         if lo < 0 or hi > 1:
-            raise ValueError(
+            raise DataError(
                 f"x must lie in [0, 1] for the {self.registry_name} likelihood (binary pixels, or "
                 f"intensities as relaxed targets), got values in [{lo:.4g}, {hi:.4g}]"
             )
@@ -175,7 +176,7 @@ class GaussianLikelihood(LocScaleLikelihood):
         """σ of N(μ_x(z), σ² I) (ValueError when σ differs across pixels)."""
         values = self.log_scale.exp().flatten()
         if not torch.allclose(values, values[0]):
-            raise ValueError("the likelihood's σ differs across pixels: not N(μ, σ² I)")
+            raise InputError("the likelihood's σ differs across pixels: not N(μ, σ² I)")
         return values[0].item()
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
+from ..errors import InputError
 from .. import checks
 from ..registry import Registry
 
@@ -74,7 +75,7 @@ class MLPDecoder(nn.Module):
 def _image_shape(input_shape) -> tuple:
     shape = checks.shape("input_shape", input_shape)
     if shape not in ((28, 28), (1, 28, 28)):
-        raise ValueError(f"the conv networks expect input_shape (28, 28) or (1, 28, 28), got {shape}")
+        raise InputError(f"the conv networks expect input_shape (28, 28) or (1, 28, 28), got {shape}")
     return shape
 
 

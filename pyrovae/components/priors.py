@@ -20,6 +20,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .. import checks
 from .distributions import DiagonalNormalMixture, StdNormal
 from ..registry import Registry
@@ -134,7 +135,7 @@ class VampPrior(Prior):
 
     def forward(self):
         if self._posterior is None:
-            raise RuntimeError("VampPrior must be attached to a VAE (VAE(prior=VampPrior(...)) does this)")
+            raise InputError("VampPrior must be attached to a VAE (VAE(prior=VampPrior(...)) does this)")
         comp = self._posterior(self.pseudo_inputs)  # batch [K], event [L]
         logits = self.pseudo_inputs.new_zeros(self.components)
         base = getattr(comp, "base_dist", None)

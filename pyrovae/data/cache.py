@@ -1,20 +1,38 @@
 """Where data files are read from, and the cache they are extracted into.
 
 Real data is read from the *data dir* (:func:`resolve_data_dir`: ``--data-dir``, else
-``$PYROVAE_DATA_DIR``, else ``~/.cache/pyrovae``) and never written there; compressed files are
-checked against their md5 and extracted, through a temporary file and an atomic rename, into
-:func:`cache_dir`. ``PYROVAE_OFFLINE=1`` forbids any download attempt.
+``$PYROVAE_DATA_DIR``, else ``~/.cache/pyrovae``) and never written there; its files are
+extracted into :func:`cache_dir` by :func:`extract_raw`. ``PYROVAE_OFFLINE=1`` forbids any
+download attempt.
+
+What is checked (every failure is a :class:`~pyrovae.errors.DataError` of one line naming the file
+and what to do):
+
+* a compressed source: its md5 (torchvision's ``resources``), and that it gunzips to the end;
+* every extracted file, before it is renamed into the cache: an idx header of unsigned bytes and a
+  size equal to ``4 + 4 * ndim + prod(dims)``, so a bad source never publishes a cache entry;
+* a cache entry, each time it is used: the same header and size check, and its *key*
+  (``<cache>/.sources/<entry>.json``: the source's absolute path, size and ``mtime_ns``) against
+  the source now in the data dir. An entry that fails either is rebuilt from the source, so a
+  changed or different source is read and checked again rather than served from an old cache.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import math
 import os
-import shutil
+import re
+import struct
+import zlib
 from pathlib import Path
 
-from ..errors import DataNotFoundError
+from ..errors import DataError, DataNotFoundError
 from ..files import atomic_write
+
+KEYS_FOLDER = ".sources"  # in the cache: the key of each entry, at the entry's relative path + ".json"
+_BLOCK = 1 << 20
 
 
 def _env_path(var: str, default: Path) -> Path:
@@ -47,10 +65,19 @@ def not_found(data_dir: Path, expected: list[str], why: str) -> DataNotFoundErro
     )
 
 
+def require_data_dir(data_dir: Path, expected: list[str]) -> None:
+    """Raise :class:`DataNotFoundError` unless ``data_dir`` is a directory (whatever the cache holds)."""
+    if not data_dir.is_dir():
+        what = "does not exist" if not data_dir.exists() else "is not a directory"
+        raise DataNotFoundError(
+            f"data directory {data_dir} {what}: set --data-dir or PYROVAE_DATA_DIR to the folder holding "
+            f"{', '.join(expected)} (an existing empty folder lets torchvision download into the cache)")
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -58,25 +85,109 @@ def _md5(path: Path) -> str:
 def _check_md5(path: Path, md5: str) -> None:
     found = _md5(path)
     if found != md5:
-        raise RuntimeError(f"{path} is corrupt: md5 {found}, expected {md5}")
+        raise DataError(f"data file {path} is corrupt (md5 {found}, expected {md5}): replace it with an intact "
+                        f"copy (download it again)")
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` (gunzipping a ``.gz`` src) through :func:`pyrovae.files.atomic_write`."""
+# ----------------------------------------------------------------------------- idx files
+
+
+def idx_problem(head: bytes, size: int, name: str = "") -> str:
+    """What is wrong with an idx file of ``size`` bytes starting with ``head`` (its first 20 bytes), or ''.
+
+    Checked: the magic number ``00 00 08 ndim`` (unsigned bytes, ndim in 1..4, and the ndim in
+    ``name`` when it reads ``...-idx<ndim>-...``) and ``size == 4 + 4 * ndim + prod(dims)``.
+    """
+    if len(head) < 4 or head[:3] != b"\0\0\x08" or not 1 <= head[3] <= 4:
+        return "no idx header of unsigned bytes"
+    ndim = head[3]
+    named = re.search(r"-idx(\d)-", name)
+    if named and int(named.group(1)) != ndim:
+        return f"{ndim} dimensions in its header, {named.group(1)} in its name"
+    if len(head) < 4 + 4 * ndim:
+        return f"{size} bytes, shorter than its header"
+    dims = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if size != expected:
+        return f"{size} bytes where its header (dims {list(dims)}) implies {expected}"
+    return ""
+
+
+def _file_problem(path: Path) -> str:
+    with open(path, "rb") as f:
+        return idx_problem(f.read(20), os.fstat(f.fileno()).st_size, path.name)
+
+
+def _read(inp, n: int, src: Path) -> bytes:
+    """``inp.read(n)``; a truncated or corrupt gzip stream becomes a :class:`DataError` naming ``src``."""
+    try:
+        return inp.read(n)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"data file {src} is truncated or corrupt ({type(err).__name__}: {err}): replace it with "
+                        f"an intact copy (download it again)") from err
+
+
+def copy_verified(src: Path, dst: Path) -> None:
+    """Copy ``src`` (gunzipping a ``.gz``) to ``dst`` through :func:`pyrovae.files.atomic_write`,
+    checking the copy with :func:`idx_problem` before it is renamed to ``dst``: nothing appears at
+    ``dst`` unless the whole of ``src`` was read and is a complete idx file."""
     opener = gzip.open if src.suffix == ".gz" else open
     with atomic_write(dst, "wb") as out, opener(src, "rb") as inp:
-        shutil.copyfileobj(inp, out, 1 << 20)
+        head = _read(inp, 20, src)
+        out.write(head)
+        while block := _read(inp, _BLOCK, src):
+            out.write(block)
+        problem = idx_problem(head, out.tell(), dst.name)
+        if problem:
+            raise DataError(f"data file {src} is not a complete idx file ({problem}): replace it with an intact "
+                            f"copy (download it again)")
 
 
-def extract_raw(gz_name: str, md5: str, src_dir: Path, dst_dir: Path) -> bool:
-    """Put the unzipped ``gz_name`` into ``dst_dir`` from ``src_dir``; False if src lacks it."""
-    dst = dst_dir / gz_name.removesuffix(".gz")
-    gz, plain = src_dir / gz_name, src_dir / dst.name
-    if dst.exists():
+# ----------------------------------------------------------------------------- cache entries
+
+
+def source_key(src: Path) -> dict:
+    """What a cache entry is keyed on: the source's absolute path, size and modification time (ns)."""
+    st = src.stat()
+    return {"source": str(src.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_key(key_file: Path) -> dict | None:
+    try:
+        return json.loads(key_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def extract_raw(rel_gz: str, md5: str, data_dir: Path, cache: Path) -> bool:
+    """Make ``cache/<rel_gz without .gz>`` a checked copy of ``data_dir/rel_gz`` (or of the same
+    unzipped); False if the data dir holds neither.
+
+    An entry is reused only while its key matches the source and it passes :func:`idx_problem`;
+    otherwise it is rebuilt (md5 of a ``.gz`` source, then :func:`copy_verified`) and its key is
+    written after it. With no source, only an unkeyed entry that passes the check (one that
+    torchvision downloaded) is used; any other entry is removed so a download may replace it.
+    """
+    rel = rel_gz.removesuffix(".gz")
+    dst, key_file = cache / rel, cache / KEYS_FOLDER / f"{rel}.json"
+    src = next((p for p in (data_dir / rel_gz, data_dir / rel) if p.is_file()), None)
+    if src is None:
+        downloaded = dst.is_file() and not key_file.exists() and not _file_problem(dst)
+        if not downloaded:
+            key_file.unlink(missing_ok=True)
+            dst.unlink(missing_ok=True)
+        return downloaded
+    key = source_key(src)
+    if dst.is_file() and _read_key(key_file) == key and not _file_problem(dst):
         return True
-    if gz.exists():
-        _check_md5(gz, md5)
-        atomic_copy(gz, dst)
-    elif plain.exists():
-        atomic_copy(plain, dst)
-    return dst.exists()
+    key_file.unlink(missing_ok=True)
+    try:
+        if src.suffix == ".gz":
+            _check_md5(src, md5)
+        copy_verified(src, dst)
+    except BaseException:
+        dst.unlink(missing_ok=True)  # an older entry, built from another source
+        raise
+    with atomic_write(key_file, "w") as f:
+        json.dump(key, f)
+    return True

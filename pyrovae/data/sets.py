@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .cache import not_found, offline, extract_raw, resolve_data_dir, cache_dir
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
@@ -188,7 +189,7 @@ def is_image_dataset(name: str) -> bool:
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise ConfigError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def _check_args(name: str, split: str, binarize: str, subset: int) -> None:
@@ -196,9 +197,9 @@ def _check_args(name: str, split: str, binarize: str, subset: int) -> None:
     _check_choice("split", split, SPLITS)
     _check_choice("binarize", binarize, BINARIZE_MODES)
     if binarize != "none" and not is_image_dataset(name):
-        raise ValueError(f"binarize={binarize!r} needs an image data set; {name!r} is real-valued")
+        raise ConfigError(f"binarize={binarize!r} needs an image data set; {name!r} is real-valued")
     if subset < 0:
-        raise ValueError(f"subset must be >= 0 (0 = all); got {subset}")
+        raise ConfigError(f"subset must be >= 0 (0 = all); got {subset}")
 
 
 def load_dataset(

@@ -26,6 +26,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..errors import InputTypeError, PairError
 from .. import checks
 from .traces import PARTICLES, kl_or_none, log_density, particle_traces, plate_nesting, sample_sites
 
@@ -50,14 +51,14 @@ class _Layout:
                     found[f.name] = f.dim
         if data_plate is not None:
             if data_plate not in found:
-                raise ValueError(f"data_plate {data_plate!r} is not a plate of size {self.batch} around an "
+                raise PairError(f"data_plate {data_plate!r} is not a plate of size {self.batch} around an "
                                  f"observed site; plates found: {sorted(found) or 'none'}")
             return found[data_plate]
         if len(found) == 1:
             return next(iter(found.values()))
         if "data" in found:
             return found["data"]
-        raise ValueError(
+        raise PairError(
             f"could not tell which plate runs over the batch of {self.batch}: the model's observed sites "
             f"must be inside a pyro.plate over x's first dimension; candidates {sorted(found) or 'none'} "
             f"(pass data_plate=NAME)")
@@ -196,7 +197,7 @@ def closed_form_elbo(vae, x, num_particles: int = 1, *, eps: Optional[torch.Tens
     """
     missing = [m for m in ("posterior_params", "log_likelihood") if not callable(getattr(vae, m, None))]
     if missing:
-        raise TypeError(f"closed_form_elbo needs an object with posterior_params(x) and log_likelihood(z, x); "
+        raise InputTypeError(f"closed_form_elbo needs an object with posterior_params(x) and log_likelihood(z, x); "
                         f"{type(vae).__name__} lacks {', '.join(missing)}")
     if hasattr(vae, "check_closed_form"):
         vae.check_closed_form()

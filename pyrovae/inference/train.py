@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from .. import checks
 from ..data.splits import DataSplit
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, DataError, InputTypeError, TrainingError
 from . import checkpoint as ckpt
 from .elbos import make_elbo
 from .estimators import elbo_parts
@@ -72,15 +73,19 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return torch.device(device)
 
 
-def as_split(data, name: str = "data") -> DataSplit:
-    """A DataSplit from a DataSplit or a tensor [N, ...]."""
-    if isinstance(data, DataSplit):
-        return data
+def as_split(data, name: str = "data", dtype: Optional[torch.dtype] = None) -> DataSplit:
+    """A DataSplit from a DataSplit or a tensor [N, ...]; floating or boolean data are converted to
+    ``dtype`` (the model's) where one is given, a lossless or harmless change."""
     if isinstance(data, torch.Tensor):
         if data.dim() < 1 or data.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty tensor [N, ...], got shape {list(data.shape)}")
-        return DataSplit(x=data, labels=None, name="tensor")
-    raise TypeError(f"{name} must be a torch.Tensor or pyrovae.data.DataSplit, got {type(data).__name__}")
+            raise DataError(f"{name} must be a non-empty tensor [N, ...], got shape {list(data.shape)}")
+        data = DataSplit(x=data, labels=None, name="tensor")
+    if not isinstance(data, DataSplit):
+        raise InputTypeError(f"{name} must be a torch.Tensor or pyrovae.data.DataSplit, got {type(data).__name__}")
+    x = data.x
+    if dtype is not None and x.dtype != dtype and (x.is_floating_point() or x.dtype == torch.bool):
+        data = replace(data, x=x.to(dtype))
+    return data
 
 
 def _owner(fn) -> Optional[nn.Module]:
@@ -98,9 +103,31 @@ def _check_data_once(model, *splits) -> None:
                 check(split.x)
 
 
-def _diverged(epoch: int, step: int, what: str):
-    raise TrainingError(f"training diverged at epoch {epoch}, step {step}: {what}. Training stopped (lower the "
-                        f"learning rate or check the data); the last good checkpoint is kept")
+#: a step's loss this many times its running scale (and more than a nat per datapoint off) is divergence
+DIVERGENCE_FACTOR = 1e3
+#: steps averaged into the running scale before the divergence check starts
+DIVERGENCE_WARMUP = 10
+
+
+class DivergenceMonitor:
+    """Watches the loss per datapoint of each step: it has diverged when it is non-finite, or when
+    |loss| exceeds ``DIVERGENCE_FACTOR`` × (its running scale + 1): the scale is the running mean
+    of |loss| (an exponential average over about 100 steps, after a warm-up of ``DIVERGENCE_WARMUP``
+    steps). A VAE's loss moves by a factor of a few during training; a learning rate that is far
+    too large sends it to 1e10 and beyond within a few steps, often without ever reaching NaN."""
+
+    def __init__(self):
+        self.scale, self.steps = 0.0, 0
+
+    def diverged(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if self.steps >= DIVERGENCE_WARMUP and abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0):
+            return True
+        self.steps += 1
+        rate = max(1.0 / self.steps, 0.01)
+        self.scale += rate * (abs(loss) - self.scale)
+        return False
 
 
 def _invalid_parameter(e: ValueError) -> Optional[str]:
@@ -132,8 +159,10 @@ class Trainer:
         for fn in (model, guide):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
-        self.data = as_split(data).to(self.device)
-        self.test = None if test_data is None else as_split(test_data, "test_data").to(self.device)
+        param = next(_owner(model).parameters(), None) if _owner(model) is not None else None
+        dtype = None if param is None else param.dtype
+        self.data = as_split(data, "data", dtype).to(self.device)
+        self.test = None if test_data is None else as_split(test_data, "test_data", dtype).to(self.device)
         _check_data_once(model, self.data, self.test)
         self.batch_size = checks.positive_int("batch_size", batch_size)
         first = self.data.x[: self.batch_size]
@@ -144,6 +173,7 @@ class Trainer:
         self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
         self.store_size = len(pyro.get_param_store())
         self.history: List[dict] = []
+        self.monitor, self.checkpoint = DivergenceMonitor(), None
 
     def _adopt_new_params(self) -> None:
         """Parameters a pair creates after its first trace (a branch not taken then) join the optimizer."""
@@ -191,6 +221,20 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return loss / (self._scale(xb) * xb.shape[0])
 
+    def diverged(self, epoch: int, step, what: str):
+        """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
+        done = len(self.history)
+        kept = (f"the last good checkpoint (epoch {done}) is kept at {self.checkpoint}" if self.checkpoint and done
+                else "no checkpoint was written" if self.checkpoint else "nothing was saved")
+        raise TrainingError(f"training diverged at epoch {epoch}, step {step}: {what}. Training stopped (lower the "
+                            f"learning rate or check the data); {kept}")
+
+    def check_finite_params(self, epoch: int) -> None:
+        """TrainingError if a parameter holds NaN/Inf (then no checkpoint is written over a good one)."""
+        bad = [name for name, p in self.params.items() if not torch.isfinite(p).all()]
+        if bad:
+            self.diverged(epoch, "end", f"parameter(s) {bad[:3]} became NaN/Inf")
+
     def _why_not_finite(self, xb, loss: float) -> str:
         """Rerun the batch's loss with validation on, to name a NaN/Inf distribution parameter."""
         try:
@@ -201,7 +245,11 @@ class Trainer:
         return f"the loss became {loss}"
 
     def run_epoch(self, epoch: int, bar=None, beta: float = 1.0) -> float:
-        """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1)."""
+        """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1).
+
+        Raises :class:`TrainingError` when a step's loss diverges (:class:`DivergenceMonitor`) or
+        a distribution's parameter becomes NaN/Inf.
+        """
         total, n, self.beta = 0.0, len(self.data), beta
         for step, xb in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
             try:
@@ -210,9 +258,12 @@ class Trainer:
                 what = _invalid_parameter(e)
                 if what is None:
                     raise
-                _diverged(epoch, step, what)
+                self.diverged(epoch, step, what)
             if not math.isfinite(loss):
-                _diverged(epoch, step, self._why_not_finite(xb, loss))
+                self.diverged(epoch, step, self._why_not_finite(xb, loss))
+            if self.monitor.diverged(loss):
+                self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint, against a "
+                                           f"running scale of {self.monitor.scale:.3g}")
             total += loss * xb.shape[0] / n
             if bar is not None:
                 bar.update(1)
@@ -227,9 +278,10 @@ class Trainer:
         return {k: torch.cat([p[k] for p in parts]).mean().item() for k in ("elbo", "reconstruction", "kl")}
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def state(self, config=None) -> dict:
+    def state(self, config=None, metadata=None) -> dict:
         return {
             "epoch": len(self.history),
+            "metadata": metadata,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
@@ -239,20 +291,25 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
+        """Continue from a checkpoint's state (checked by :func:`checkpoint.load`)."""
         load_params(self.params, state["params"])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"].get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
         self.history = list(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
           num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
           checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
           progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None,
-          validate: bool = False, kl_warmup: int = 0) -> List[dict]:
+          validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -266,7 +323,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``; a model/guide that are
             methods of an ``nn.Module`` have that module moved there.
         checkpoint: a path written atomically after every epoch (parameters, optimizer and RNG
-            states, history, ``config``). ``resume=True`` continues from it exactly.
+            states, history, ``config`` and ``metadata``, plain values of the caller's). ``resume=True``
+            continues from it exactly. A diverging run (see :class:`DivergenceMonitor`) raises
+            :class:`pyrovae.errors.TrainingError` and leaves the last good checkpoint in place.
         callback: called after every epoch with the history so far (a list of rows).
         validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
             step; by default it runs on the first step only, and a non-finite loss at any step
@@ -282,8 +341,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         pyro.set_rng_seed(seed)
     trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
                       num_particles=num_particles, test_data=test_data, device=device, validate=validate)
+    trainer.checkpoint = checkpoint
     if resume:
-        trainer.load_state(ckpt.load(checkpoint))
+        trainer.load_state(ckpt.load_training(checkpoint))
     bar = _progress_bar(trainer, epochs) if progress else None
     try:
         for epoch in range(len(trainer.history) + 1, epochs + 1):
@@ -294,9 +354,10 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
                    "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),
                    "reconstruction": scores["reconstruction"], "kl": scores["kl"],
                    "seconds": time.perf_counter() - start}
+            trainer.check_finite_params(epoch)
             trainer.history.append(row)
             if checkpoint is not None:
-                ckpt.save(checkpoint, trainer.state(config))
+                ckpt.save(checkpoint, trainer.state(config, metadata))
             if callback is not None:
                 callback(trainer.history)
     finally:

@@ -20,6 +20,8 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.optim import Adam
 
+from ..errors import InputError
+
 __all__ = [
     "fit_gaussian",
     "gaussian_distribution",
@@ -69,7 +71,7 @@ def fit_gaussian(x_train, *, covariance="diagonal", var_floor=1e-6):
         ridge = var_floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         cov = torch.cov(x.T, correction=0) + ridge
         return {"loc": x.mean(0), "scale_tril": torch.linalg.cholesky(cov)}
-    raise ValueError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
+    raise InputError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
 
 
 def gaussian_distribution(params):

@@ -30,6 +30,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .. import checks
 from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
 from ..inference.traces import RngState, preserved_rng
@@ -111,7 +112,7 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     vae.check_data(x)
     n = x.shape[0]
     if n == 0:
-        raise ValueError("x must hold at least one datapoint, got an empty batch")
+        raise InputError("x must hold at least one datapoint, got an empty batch")
     batch_size = checks.positive_int("batch_size", batch_size)
     max_k = checks.positive_int("max_k", max_k)
     particles = _counts("particles", particles)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.transforms import AffineTransform
 
+from ..errors import InputError
+
 __all__ = [
     "ppca_marginal",
     "ppca_log_evidence",
@@ -110,7 +112,7 @@ def ppca_mle(x, latent_dim):
     """
     D = x.shape[1]
     if not 1 <= latent_dim < D:
-        raise ValueError(f"need 1 <= latent_dim < D = {D}, got {latent_dim}")
+        raise InputError(f"need 1 <= latent_dim < D = {D}, got {latent_dim}")
     eigvals, eigvecs = torch.linalg.eigh(torch.cov(x.T, correction=0))  # ascending
     eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
     sigma2 = eigvals[latent_dim:].mean()
@@ -174,7 +176,7 @@ def make_ppca_exact_guide(W, b, sigma):
 
 def _check_interval(a, b):
     if not 0 < a < b:
-        raise ValueError(f"the toy model needs 0 < a < b (z is a standard deviation), got a={a}, b={b}")
+        raise InputError(f"the toy model needs 0 < a < b (z is a standard deviation), got a={a}, b={b}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -38,6 +38,7 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ..errors import InputError, InputTypeError
 from .. import checks
 from .report import text_table
 
@@ -74,10 +75,10 @@ def _disable_rsample(d):
         d.has_rsample_(False)
     except AttributeError:
         if not hasattr(d, "base_dist"):
-            raise TypeError(f"cannot turn off reparameterized sampling of {type(d).__name__}") from None
+            raise InputTypeError(f"cannot turn off reparameterized sampling of {type(d).__name__}") from None
         _disable_rsample(d.base_dist)
     if d.has_rsample:
-        raise TypeError(f"{type(d).__name__} still samples with rsample after has_rsample_(False)")
+        raise InputTypeError(f"{type(d).__name__} still samples with rsample after has_rsample_(False)")
     return d
 
 
@@ -89,7 +90,7 @@ def _parameters(vae, params) -> List[torch.Tensor]:
     elif params == "all":
         modules = [vae]
     else:
-        raise ValueError(f"params must be one of {', '.join(map(repr, PARAMS))}, got {params!r}")
+        raise InputError(f"params must be one of {', '.join(map(repr, PARAMS))}, got {params!r}")
     seen, out = set(), []
     for m in modules:
         for p in m.parameters():
@@ -97,7 +98,7 @@ def _parameters(vae, params) -> List[torch.Tensor]:
                 seen.add(id(p))
                 out.append(p)
     if not out:
-        raise ValueError(f"the VAE has no trainable {params} parameters")
+        raise InputError(f"the VAE has no trainable {params} parameters")
     return out
 
 
@@ -158,15 +159,15 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
     """
     checks.positive_int("num_draws", num_draws)
     if num_draws < 2:
-        raise ValueError(f"num_draws must be at least 2 to measure a variance, got {num_draws}")
+        raise InputError(f"num_draws must be at least 2 to measure a variance, got {num_draws}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+        raise InputError(f"warmup must be a non-negative integer, got {warmup!r}")
     if not 0 <= baseline_beta < 1:
-        raise ValueError(f"baseline_beta must be in [0, 1), got {baseline_beta!r}")
+        raise InputError(f"baseline_beta must be in [0, 1), got {baseline_beta!r}")
     estimators = tuple(estimators)
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
-        raise ValueError(f"estimators must be some of {', '.join(map(repr, ESTIMATORS))}, got {estimators!r}")
+        raise InputError(f"estimators must be some of {', '.join(map(repr, ESTIMATORS))}, got {estimators!r}")
     chosen = _parameters(vae, params)
 
     saved = {p: p.grad for p in vae.parameters()}
