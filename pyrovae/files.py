@@ -16,8 +16,16 @@ from typing import IO, Iterator, Union
 
 @contextlib.contextmanager
 def atomic_write(path: Union[str, os.PathLike], mode: str = "w") -> Iterator[IO]:
-    """``with atomic_write(path, "wb") as f: ...`` — ``path`` appears whole when the block ends."""
+    """``with atomic_write(path, "wb") as f: ...`` — ``path`` appears whole when the block ends.
+
+    A target that exists and is not a regular file or a link (``/dev/null``, a pipe) is written
+    in place: there is nothing to replace atomically, and replacing it would be wrong.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_symlink():
+        with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

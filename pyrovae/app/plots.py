@@ -28,7 +28,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
+
 from ..errors import InputError
+from ..files import atomic_write
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -85,11 +87,10 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def save_figure(fig: Figure, path: PathLike) -> Path:
-    """Write ``fig`` as a PNG to ``path`` (creating its folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+    """Write ``fig`` as a PNG to ``path`` (creating its folder, atomically) and return the path."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=DPI, format="png")
+    return Path(path)
 
 
 def _save_image_grid(images: np.ndarray, ncol: int, path: PathLike, title: str,

@@ -23,7 +23,9 @@ Where the files come from
     same names without ``.gz``; they are extracted into :func:`cache_dir`, which torchvision
     then reads.  Only when the files are absent does torchvision try to download them, into the
     cache; set ``PYROVAE_OFFLINE=1`` to skip that attempt.  Frey Face is
-    ``<data dir>/FreyFace/frey_rawface.mat``.
+    ``<data dir>/FreyFace/frey_rawface.mat``.  A data dir that does not exist is an error for
+    these sets, whatever the cache holds; what is checked in the files and the cache (md5,
+    idx header and size, an entry keyed on its source) is in :mod:`pyrovae.data.cache`.
 
 Splits
     MNIST-style sets keep their official 60000/10000 train/test split.  Frey Face has none:
@@ -41,6 +43,7 @@ mark a real-valued one with ``loader.real_valued = True`` (it is then never bina
 
 from __future__ import annotations
 
+import numbers
 import os
 from functools import partial
 from pathlib import Path
@@ -49,9 +52,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
-from .cache import not_found, offline, extract_raw, resolve_data_dir, cache_dir
+from .cache import cache_dir, extract_raw, not_found, offline, require_data_dir, resolve_data_dir
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
 
 FREY_FILE = "FreyFace/frey_rawface.mat"
@@ -80,22 +83,30 @@ def _try_download(cls: type, root: Path) -> str:
 
 
 def _prepare_mnist_files(cls: type, data_dir: Path, root: Path) -> None:
-    """Extract ``cls``'s raw files from ``data_dir`` into ``root``, else download them there."""
-    raw = f"{cls.__name__}/raw"
-    extracted = [extract_raw(f, md5, data_dir / raw, root / raw) for f, md5 in cls.resources]
+    """Extract ``cls``'s raw files from ``data_dir`` into ``root`` (checked: see :mod:`.cache`), else
+    download them there."""
+    expected = [f"{cls.__name__}/raw/{f}" for f, _ in cls.resources]
+    require_data_dir(data_dir, expected)
+    extracted = [extract_raw(rel, md5, data_dir, root) for rel, (_, md5) in zip(expected, cls.resources)]
     if all(extracted):
         return
     why = _try_download(cls, root)
     if why:
-        expected = [f"{raw}/{f}" for f, _ in cls.resources]
         raise not_found(data_dir, expected, why)
 
 
 def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor, Tensor]:
-    """``torchvision.datasets.<class_name>`` split: x float32 ``[N, 28, 28]`` in [0, 1], labels int64 ``[N]``."""
+    """``torchvision.datasets.<class_name>`` split: x float32 ``[N, 28, 28]`` in [0, 1], labels int64 ``[N]``.
+
+    Raises DataNotFoundError when ``data_dir`` does not exist or lacks the files (and no download
+    happened), DataError when a file is corrupt or truncated (see :mod:`pyrovae.data.cache`).
+    """
     cls, root = _torchvision_class(class_name), cache_dir()
     _prepare_mnist_files(cls, data_dir, root)
     ds = cls(root=str(root), train=split == "train", download=False)
+    if len(ds.data) != len(ds.targets):
+        raise DataError(f"{class_name} {split} files in {data_dir} hold {len(ds.data)} images but "
+                        f"{len(ds.targets)} labels: replace them with an intact set")
     return ds.data.float().div_(255.0), ds.targets.long()
 
 
@@ -108,14 +119,28 @@ def frey_split_indices(split: str) -> Tensor:
 
 
 def load_frey(data_dir: Path) -> Tensor:
-    """All Frey faces: float32 ``[1965, 28, 20]`` in [0, 1] (``ff`` column k, row-major, / 255)."""
+    """All Frey faces: float32 ``[1965, 28, 20]`` in [0, 1] (``ff`` column k, row-major, / 255).
+
+    Checked: ``data_dir`` exists and holds the file (else DataNotFoundError); the file reads as a
+    MATLAB file with an ``ff`` array of shape ``[560, 1965]`` and whole values in 0..255 (else
+    DataError naming the file).
+    """
+    require_data_dir(data_dir, [FREY_FILE])
     path = data_dir / FREY_FILE
     if not path.exists():
         raise not_found(data_dir, [FREY_FILE], "No such file.")
     from scipy.io import loadmat
 
-    ff = loadmat(path)["ff"]  # [560, 1965] uint8
-    return torch.from_numpy(ff.T.reshape(-1, *FREY_SHAPE).copy()).float().div_(255.0)
+    fix = "replace it with an intact copy (download frey_rawface.mat again)"
+    try:
+        ff = loadmat(path)["ff"]
+    except Exception as err:  # noqa: BLE001 - scipy raises many kinds (MatReadError, OSError, IndexError...)
+        raise DataError(f"data file {path} cannot be read ({type(err).__name__}: {err}): {fix}") from err
+    expected = (FREY_SHAPE[0] * FREY_SHAPE[1], FREY_N)
+    if ff.shape != expected or ff.dtype.kind not in "uif" or not ((ff >= 0) & (ff <= 255) & (ff % 1 == 0)).all():
+        raise DataError(f"data file {path} holds ff {ff.dtype} {list(ff.shape)}, expected whole values in 0..255 "
+                        f"of shape {list(expected)}: {fix}")
+    return torch.from_numpy(ff.T.reshape(-1, *FREY_SHAPE).astype("uint8")).float().div_(255.0)
 
 
 def ppca_data(
@@ -198,8 +223,16 @@ def _check_args(name: str, split: str, binarize: str, subset: int) -> None:
     _check_choice("binarize", binarize, BINARIZE_MODES)
     if binarize != "none" and not is_image_dataset(name):
         raise ConfigError(f"binarize={binarize!r} needs an image data set; {name!r} is real-valued")
-    if subset < 0:
-        raise ConfigError(f"subset must be >= 0 (0 = all); got {subset}")
+    if isinstance(subset, bool) or not isinstance(subset, numbers.Integral) or subset < 0:
+        raise ConfigError(f"subset must be an integer >= 0 (0 = all); got {subset!r}")
+
+
+def _check_subset(name: str, split: str, subset: int, n: int) -> None:
+    """``subset`` may not exceed the split's size ``n`` (in a config: data.subset / data.test_subset)."""
+    if subset > n:
+        key = "data.test_subset" if split == "test" else "data.subset"
+        raise ConfigError(f"subset={subset} is larger than the {split} split of {name!r} ({n} examples): "
+                          f"use at most {n}, or 0 for all ({key} in a config)")
 
 
 def load_dataset(
@@ -215,12 +248,15 @@ def load_dataset(
     """Load one split of ``name`` (one of :data:`DATASETS`) as a :class:`DataSplit` on ``device``.
 
     ``binarize``: ``"none" | "static" | "dynamic"`` (image sets only; see the module doc).
-    ``subset``: keep the first ``subset`` examples (0 = all), taken after binarization so a
-    subset is a prefix of the full set.  ``seed``: seeds the synthetic sets and the dynamic
-    per-epoch draws.  Raises ValueError on a bad argument, DataNotFoundError on missing files.
+    ``subset``: keep the first ``subset`` examples (0 = all; an integer no larger than the
+    split), taken after binarization so a subset is a prefix of the full set.  ``seed``: seeds
+    the synthetic sets and the dynamic per-epoch draws.  Raises ConfigError (a ValueError) on a
+    bad argument, DataNotFoundError when the data dir or its files are missing, DataError when a
+    file is corrupt or truncated.
     """
     _check_args(name, split, binarize, subset)
     x, labels, params = DATASETS.get(name)(split, resolve_data_dir(data_dir), seed)
+    _check_subset(name, split, subset, len(x))
     mode = stored_mode(binarize, split)
     if mode == "static":
         x = binarize_once(x, split)

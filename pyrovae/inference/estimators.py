@@ -101,10 +101,9 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
 def _chunked_terms(model, guide, x, num_particles, analytic, data_plate, chunk_size=None
                    ) -> Iterator[Tuple[torch.Tensor, List[str]]]:
     """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles."""
-    checks.positive_int("num_particles", num_particles)
     batch = x.shape[0]
     nesting = plate_nesting(model, guide, x)
-    chunk = chunk_size or max(1, MAX_ROWS // max(batch, 1))
+    chunk = max(1, MAX_ROWS // max(batch, 1)) if chunk_size is None else checks.positive_int("chunk_size", chunk_size)
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
         model_trace, guide_trace = particle_traces(model, guide, n, nesting, x)
@@ -119,6 +118,7 @@ def log_weights(model, guide, x, num_particles: int = 1, *, analytic: bool = Fal
 
     With ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
     """
+    checks.positive_int("num_particles", num_particles)
     return torch.cat([t["reconstruction"] + t["latent"] for t, _ in _chunked_terms(
         model, guide, x, num_particles, analytic, data_plate, chunk_size)])
 
@@ -154,6 +154,7 @@ def elbo_parts(model, guide, x, num_particles: int = 1, *, data_plate: Optional[
     ``reconstruction`` = 1/r Σ_j log p(x | z_j) (the observed sites), ``kl`` = KL(q ‖ p) of the
     latent sites, in closed form where registered (as :func:`analytic_elbo`), else by Monte Carlo.
     """
+    checks.positive_int("num_particles", num_particles)
     parts = [t for t, _ in _chunked_terms(model, guide, x, num_particles, True, data_plate)]
     recon = torch.cat([_rows(t["reconstruction"], x) for t in parts]).mean(0)
     kl = -torch.cat([_rows(t["latent"], x) for t in parts]).mean(0)
@@ -174,6 +175,7 @@ def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional
     rows at a time) with a running log-sum-exp, so memory stays bounded for k = 5000. Runs without
     gradients unless ``grad=True`` (to train on it, use ``RenyiELBO(alpha=0)``).
     """
+    checks.positive_int("num_samples", num_samples)
     total = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for t, _ in _chunked_terms(model, guide, x, num_samples, False, data_plate, chunk_size):

@@ -103,37 +103,30 @@ def _check_data_once(model, *splits) -> None:
                 check(split.x)
 
 
-#: a step's loss this many times its running scale (and more than a nat per datapoint off) is divergence
+#: a step's loss beyond this many times the session's starting scale is divergence
 DIVERGENCE_FACTOR = 1e3
-#: steps averaged into the running scale before the divergence check starts
-DIVERGENCE_WARMUP = 10
 
 
 class DivergenceMonitor:
-    """Watches the loss per datapoint of each step: it has diverged when it is non-finite, or when
-    |loss| exceeds ``DIVERGENCE_FACTOR`` × (its running scale + 1): the scale is the running mean
-    of |loss| (an exponential average over about 100 steps, after a warm-up of ``DIVERGENCE_WARMUP``
-    steps). A VAE's loss moves by a factor of a few during training; a learning rate that is far
-    too large sends it to 1e10 and beyond within a few steps, often without ever reaching NaN."""
+    """Watches the loss per datapoint of each step. It has diverged when it is non-finite, or when
+    |loss| > ``DIVERGENCE_FACTOR`` × (|loss of the first step| + 1 nat).
+
+    The first step's loss is that of the model as the session found it (untrained, or as resumed),
+    which for a VAE is about the largest a sound run sees: training lowers it, a KL warm-up or a
+    loss crossing zero moves it by a factor of a few. A learning rate that is far too large sends
+    it to 1e10 and beyond within a few steps, often without reaching NaN. (A running average
+    would follow a loss that grows by a factor of ten per step and never flag it.)
+    """
 
     def __init__(self):
-        self.scale, self.steps = 0.0, 0
+        self.scale = None
 
     def diverged(self, loss: float) -> bool:
         if not math.isfinite(loss):
             return True
-        if self.steps >= DIVERGENCE_WARMUP and abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0):
-            return True
-        self.steps += 1
-        rate = max(1.0 / self.steps, 0.01)
-        self.scale += rate * (abs(loss) - self.scale)
-        return False
-
-
-def _invalid_parameter(e: ValueError) -> Optional[str]:
-    """What a validation error says of a distribution parameter (None when it is about something else)."""
-    lines = [line for line in str(e).splitlines() if line.startswith("Expected parameter")]
-    return f"a distribution parameter became NaN/Inf ({lines[0].rstrip(':')})" if lines else None
+        if self.scale is None:
+            self.scale = abs(loss)
+        return abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0)
 
 
 def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
@@ -262,8 +255,8 @@ class Trainer:
             if not math.isfinite(loss):
                 self.diverged(epoch, step, self._why_not_finite(xb, loss))
             if self.monitor.diverged(loss):
-                self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint, against a "
-                                           f"running scale of {self.monitor.scale:.3g}")
+                self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint from "
+                                           f"{self.monitor.scale:.3g} at the first step")
             total += loss * xb.shape[0] / n
             if bar is not None:
                 bar.update(1)
