@@ -44,7 +44,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding the raw data: ``data_dir``, else ``$PYROVAE_DATA_DIR``, else ``~/.cache/pyrovae``."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    return _env_path("PYROVAE_DATA_DIR", Path.home() / ".cache" / "pyrovae")
+    return _env_path("PYROVAE_DATA_DIR", default_data_dir())
 
 
 def cache_dir() -> Path:
@@ -65,8 +65,18 @@ def not_found(data_dir: Path, expected: list[str], why: str) -> DataNotFoundErro
     )
 
 
+def default_data_dir() -> Path:
+    return Path.home() / ".cache" / "pyrovae"
+
+
 def require_data_dir(data_dir: Path, expected: list[str]) -> None:
-    """Raise :class:`DataNotFoundError` unless ``data_dir`` is a directory (whatever the cache holds)."""
+    """Raise :class:`DataNotFoundError` unless ``data_dir`` is a directory (whatever the cache holds).
+
+    The default data dir (``~/.cache/pyrovae``, used when none is set) may be missing: then
+    torchvision may download into the cache, as on a first use.
+    """
+    if data_dir == default_data_dir() and not data_dir.exists():
+        return
     if not data_dir.is_dir():
         what = "does not exist" if not data_dir.exists() else "is not a directory"
         raise DataNotFoundError(
