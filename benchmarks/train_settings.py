@@ -28,7 +28,6 @@ import itertools
 import types
 from contextlib import contextmanager
 
-import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 

@@ -19,7 +19,6 @@ side mean anything. Each round starts one loop later, so that no loop always fol
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import statistics
 import time

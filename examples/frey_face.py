@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 import pyro
-import torch
 
 import pyrovae
 from pyrovae.app import plots

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae.app import run
 from pyrovae.app.cli import main
 from pyrovae.errors import CheckpointError, DataError, InputError, PyrovaeError, TrainingError
 from pyrovae.inference import checkpoint as ckpt

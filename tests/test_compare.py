@@ -9,9 +9,12 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyrovae import VAE
+from pyrovae.app import plots
 from pyrovae.lab import compare
 from pyrovae.app.plots import plot_comparison
 from pyrovae.lab.compare import compare_estimators, format_table
+
+from conftest import png_pixels
 
 N = 64
 KS = (1, 10, 100, 1000)  # 1000 > max_k: left out
@@ -128,7 +131,7 @@ def test_estimator_sd_falls_as_one_over_root_r(results, which):
     assert 0.05 < r["mc_elbo r=100"]["estimator_sd"] / sd1 < 0.2
 
 
-def test_mixture_prior_marks_closed_form_unavailable():
+def test_mixture_prior_marks_closed_form_unavailable(tmp_path, monkeypatch):
     result = run(small_vae(prior="mixture"), iw_samples=(1, 10))
     cf = rows(result)["closed_form_elbo r=1"]
     assert not cf["available"] and cf["mean"] is None
@@ -137,7 +140,20 @@ def test_mixture_prior_marks_closed_form_unavailable():
     table = format_table(result)
     assert "unavailable: closed_form_elbo has no closed form" in table
     assert all(d["b"] != "closed_form_elbo r=1" for d in result["differences"])
-    plot_comparison(result, "/dev/null")  # the unavailable row is left out of the plot
+    # the unavailable row is left out of the plot: the left panel has a tick for each of the others
+    figures, save = [], plots.save_figure
+
+    def spy(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    path = plot_comparison(result, tmp_path / "compare.png")
+    assert path == tmp_path / "compare.png" and len(figures) == 1
+    left, shown = figures[0].axes[0], [r for r in result["rows"] if r["label"] != "closed_form_elbo r=1"]
+    assert [t.get_text() for t in left.get_xticklabels()] == [r["label"] for r in shown]
+    assert list(left.lines[0].get_ydata()) == [r["mean"] for r in shown]  # one mean per available row
+    png_pixels(path)
 
 
 def test_format_table_names_every_row(results):
@@ -195,15 +211,25 @@ def test_progress_bar_and_gradient_variance(capsys):
     assert gv["num_draws"] == 4 and gv["batch"] == 4 and set(gv["estimators"]) == {"reparam", "score",
                                                                                     "score-baseline"}
     assert "variance ratio score/reparam" in format_table(result)
-    json.dumps(result, allow_nan=False)
+    assert gv["variance_ratio"]["score/reparam"] > 1  # about 3000 on this model (test_gradients); 4 draws
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
 
 
 def test_single_datapoint_has_no_standard_error():
     result = run(small_vae(), data(1), iw_samples=(1,), particles=(1,))
     assert all(r["se"] is None for r in result["rows"])
     assert all(r["estimator_sd"] > 0 for r in result["rows"])
-    format_table(result)
-    json.dumps(result, allow_nan=False)
+    # the table shows "—" for the missing SEs (rows and paired differences) and the numbers it has
+    lines = format_table(result).splitlines()
+    for r in result["rows"]:
+        name, param, mean, se, sd = next(line for line in lines if line.startswith(r["name"] + " ")).split()[:5]
+        assert (param, se) == (f"{r['parameter_name']}={r['parameter']}", "—")
+        assert float(mean) == round(r["mean"], 4) and float(sd) == round(r["estimator_sd"], 4)
+    assert result["differences"] and all(d["se"] is None for d in result["differences"])
+    start = lines.index(next(line for line in lines if line.startswith("paired differences")))
+    assert [line.split()[-1] for line in lines[start + 3:start + 3 + len(result["differences"])]] == \
+        ["—"] * len(result["differences"])
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
 
 
 @pytest.mark.parametrize("kw, match", [({"particles": (0,)}, "particles"), ({"iw_samples": (1.5,)}, "iw_samples"),

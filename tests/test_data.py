@@ -6,7 +6,6 @@ deterministic seeds; their tolerances are stated where they are made.
 """
 
 import gzip
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from pyrovae.data import (
     DATASETS,
+    DataError,
     DataNotFoundError,
     DataSplit,
     cache_dir,
@@ -28,24 +28,8 @@ from pyrovae.data import (
     toy_data,
 )
 
-DATA_DIR = os.environ.get("PYROVAE_DATA_DIR", "")
-HAVE_DATA = bool(DATA_DIR) and Path(DATA_DIR, "MNIST", "raw").is_dir()
-needs_data = pytest.mark.skipif(
-    not HAVE_DATA, reason="PYROVAE_DATA_DIR is unset or lacks MNIST/raw (the real data sets)"
-)
+from conftest import DATA_DIR, MNIST_FILES, needs_frey, needs_mnist
 
-
-def needs_mnist(test):
-    """Mark ``test`` as needing the real MNIST files; skip it when they are not there."""
-    return pytest.mark.mnist(needs_data(test))
-
-
-MNIST_FILES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 N_SE = 5  # statistical checks: |estimate - truth| <= 5 standard errors
@@ -127,11 +111,12 @@ def test_mnist_test_values(module_cache):
 
 
 @needs_mnist
+@needs_frey
 def test_data_dir_never_written(monkeypatch, tmp_path):
     monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path / "cache"))
     before = snapshot(DATA_DIR)
-    load_dataset("mnist", "test")
-    load_dataset("frey", "test")
+    assert torch.bincount(load_dataset("mnist", "test").labels).tolist() == MNIST_TEST_COUNTS
+    assert load_dataset("frey", "test").x.shape == (200, 28, 20)
     assert snapshot(DATA_DIR) == before
     extracted = sorted(p.name for p in (tmp_path / "cache" / "MNIST" / "raw").iterdir())
     assert extracted == sorted(MNIST_FILES)  # no temp files left behind
@@ -150,7 +135,7 @@ def test_concurrent_extraction(monkeypatch, tmp_path):
 @needs_mnist
 def test_cache_is_reused(mnist_train, module_cache):
     before = snapshot(module_cache)
-    load_dataset("mnist", "test")
+    assert torch.bincount(load_dataset("mnist", "test").labels).tolist() == MNIST_TEST_COUNTS
     assert snapshot(module_cache) == before
 
 
@@ -168,7 +153,7 @@ def test_corrupt_gz_is_rejected(monkeypatch, tmp_path):
         with gzip.open(raw / f"{name}.gz", "wb") as f:
             f.write(b"not mnist")
     monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(RuntimeError, match="md5"):
+    with pytest.raises(DataError, match="md5"):
         load_dataset("mnist", data_dir=tmp_path / "data")
 
 
@@ -196,7 +181,7 @@ def test_missing_frey_file_raises(tmp_path):
 # ----------------------------------------------------------------------------- Frey Face
 
 
-@needs_data
+@needs_frey
 def test_frey_split():
     train, test = load_splits("frey")
     assert train.x.shape == (1765, 28, 20) and test.x.shape == (200, 28, 20)

@@ -54,6 +54,7 @@ def trained():
     return vae, x[:BATCH]
 
 
+# The two fixtures below take about 5 s together: the tests that use them are marked slow.
 @pytest.fixture(scope="module")
 def untrained():
     return gradient_variance(small_vae(), batch(), num_draws=200, seed=0)
@@ -69,6 +70,7 @@ def pair(result, a, b):
     return next(p for p in result["pairs"] if (p["a"], p["b"]) == (a, b))
 
 
+@pytest.mark.slow
 def test_reparameterization_has_much_lower_variance_than_score_function(untrained, after_training):
     assert untrained["variance_ratio"]["score/reparam"] > 100     # measured 2650 – 3160: margin ≥ 26
     assert after_training["variance_ratio"]["score/reparam"] > 20  # measured 120 – 147: margin ≥ 6
@@ -79,6 +81,7 @@ def test_reparameterization_has_much_lower_variance_than_score_function(untraine
         assert e["score"]["mean_norm"] > 5 * e["reparam"]["mean_norm"]
 
 
+@pytest.mark.slow
 def test_baseline_reduces_score_function_variance(untrained, after_training):
     assert untrained["variance_ratio"]["score-baseline/score"] < 0.1       # measured ≤ 0.006
     assert after_training["variance_ratio"]["score-baseline/score"] < 0.1  # measured ≤ 0.03
@@ -88,6 +91,7 @@ def test_baseline_reduces_score_function_variance(untrained, after_training):
     assert after_training["variance_ratio"]["score-baseline/reparam"] < 10
 
 
+@pytest.mark.slow
 def test_estimators_agree_in_expectation(untrained, after_training):
     """All three are unbiased estimates of one gradient.
 
@@ -107,6 +111,7 @@ def test_estimators_agree_in_expectation(untrained, after_training):
     assert e["score"]["se_of_mean"] > e["reparam"]["norm_of_mean"]  # why the score's cosine says little
 
 
+@pytest.mark.slow
 def test_distance_check_detects_different_gradients():
     """The control: the reparameterized gradient at x and at x/2, 400 draws each, differ by
     8 × noise (measured), far beyond the 2.5 × noise allowed to estimates of the same gradient."""
@@ -162,7 +167,7 @@ def test_leaves_param_store_grads_and_results_clean():
     assert all(p.grad is None for p in vae.decoder.parameters())
     assert result["num_parameters"] == sum(p.numel() for m in (vae.encoder, vae.family) for p in m.parameters())
     import json
-    json.dumps(result, allow_nan=False)
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
     table = format_gradient_variance(result)
     for name in ("reparam", "score", "score-baseline", "variance ratio score/reparam", "cosine"):
         assert name in table

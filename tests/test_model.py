@@ -104,7 +104,7 @@ def test_user_networks_and_user_prior_object():
 
     class StudentT(Prior):
         def forward(self):
-            return pyro.distributions.StudentT(3.0, torch.zeros(self.latent_dim), 1.0).to_event(1)
+            return pyro.distributions.StudentT(3.0, self.zero.expand(self.latent_dim), 1.0).to_event(1)
 
     dec = nn.Linear(3, 30)  # flat output P·D, reshaped by the VAE
     vae = VAE(SHAPE, 3, encoder=Enc(), decoder=dec, prior=StudentT(3))
@@ -157,8 +157,15 @@ def test_non_tensor_data_is_a_type_error():
 
 
 def test_gaussian_accepts_real_values_outside_unit_interval():
+    x = 5 * torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(0))  # far outside [0, 1]
     vae = VAE(SHAPE, 3, hidden=(8,), likelihood="gaussian")
-    vae.guide(torch.randn(2, *SHAPE) * 5)
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    assert guide_trace.nodes["z"]["value"].shape == (2, 3)
+    assert torch.equal(model_trace.nodes["x"]["value"], x)
+    assert torch.isfinite(model_trace.log_prob_sum()) and torch.isfinite(guide_trace.log_prob_sum())
+    with pytest.raises(ValueError, match=r"\[0, 1\] for the bernoulli likelihood"):  # the default refuses them
+        VAE(SHAPE, 3, hidden=(8,)).guide(x)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -1,4 +1,4 @@
-"""pyrovae.plots on real, briefly trained VAEs (real MNIST when PYROVAE_DATA_DIR has it)."""
+"""pyrovae.plots on real, briefly trained VAEs: on random binary images, and on real MNIST (marked mnist)."""
 import csv
 import math
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from conftest import mnist_available
+from conftest import MNIST_MARKS
 from pyrovae import VAE
 from pyrovae.app import plots
 from pyrovae.data import load_dataset
@@ -24,10 +24,11 @@ def metrics_rows(n=4):
                  reconstruction=-180.0 + 9 * e, kl=20.0 - e, seconds=1.5) for e in range(1, n + 1)]
 
 
-@pytest.fixture(scope="module")
-def data():
-    """(x [300, 28, 28] in [0, 1], labels [300]): real MNIST, else random binary images."""
-    if mnist_available():
+@pytest.fixture(scope="module", params=["synthetic", pytest.param("mnist", marks=MNIST_MARKS)])
+def data(request):
+    """(x [300, 28, 28] in [0, 1], labels [300]): random binary images, and the first 300 MNIST test images
+    (the tests that use it run on each; on MNIST they are marked mnist and skip without the files)."""
+    if request.param == "mnist":
         split = load_dataset("mnist", "test", subset=300)
         return split.x, split.labels
     g = torch.Generator().manual_seed(0)

@@ -5,11 +5,9 @@ import json
 import sys
 import textwrap
 
-import pyro
 import pytest
 import torch
 
-import pyrovae
 from pyrovae import GUIDES, LIKELIHOODS, PRIORS, VAE, Registry
 from pyrovae.app import config
 from pyrovae.app.cli import main

@@ -12,8 +12,6 @@ from pyrovae.inference import checkpoint as ckpt
 from pyrovae.lab.exact import ppca_log_evidence, ppca_mle
 from pyrovae.inference.train import ScaleLatents, TrainingError, train, warmup_beta
 
-from conftest import needs_mnist
-
 
 def linear_gaussian_pair(D, L):
     """A model/guide pair written by hand: z ~ N(0, I_L), x ~ N(Wz + b, σ²I); q(z|x) = N(Ax + c, diag s²)."""
@@ -35,6 +33,7 @@ def linear_gaussian_pair(D, L):
     return model, guide
 
 
+@pytest.mark.slow
 def test_train_a_hand_written_pair_reaches_the_exact_likelihood():
     """PPCA by SVI: the trained ELBO per datapoint is within 0.05 nats below the closed-form maximum
     likelihood (Tipping & Bishop 1999) and not above it beyond 4 standard errors of its estimate."""

@@ -129,6 +129,12 @@ class DivergenceMonitor:
         return abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0)
 
 
+def _invalid_parameter(e: ValueError) -> Optional[str]:
+    """What a validation error says of a distribution parameter (None when it is about something else)."""
+    lines = [line for line in str(e).splitlines() if line.startswith("Expected parameter")]
+    return f"a distribution parameter became NaN/Inf ({lines[0].rstrip(':')})" if lines else None
+
+
 def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
     """Copy saved values into the pair's parameters in place (shapes must match)."""
     missing = sorted(set(params) - set(saved))
