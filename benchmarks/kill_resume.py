@@ -284,12 +284,12 @@ def where(before: State, after: State, epochs: int, new_temporary: set) -> str:
     """Where a kill landed, from what the run dir held before the process and after the kill."""
     if after.epochs == 0:
         what = "before the first checkpoint"
+    elif after.epochs >= epochs:
+        what = "after the last epoch"
     elif after.epochs == before.epochs:
         what = "before its first epoch"
-    elif after.epochs < epochs:
-        what = "in training"
     else:
-        what = "after the last epoch"
+        what = "in training"
     if new_temporary:
         what += ", during a write"
     return what
@@ -371,8 +371,8 @@ def main(argv=None) -> int:
         except Inconsistency as e:
             print(f"FAIL: {e}", flush=True)
             return 1
-    landed = ", ".join(f"{n} {what}" for what, n in sorted(outcome.landed.items()))
-    print(f"PASS: {outcome.kills} kills ({landed}), {outcome.runs} run(s) finished equal to the uninterrupted "
+    landed = "; ".join(f"{what}: {n}" for what, n in sorted(outcome.landed.items()))
+    print(f"PASS: {outcome.kills} kills ({landed}); {outcome.runs} run(s) finished, each equal to the uninterrupted "
           f"one; {time.perf_counter() - start:.0f} s")
     return 0
 

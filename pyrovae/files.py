@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import IO, Iterator, Union
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the mode an ordinary ``open(path, "w")`` gives a new file
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: Union[str, os.PathLike], mode: str = "w") -> Iterator[IO]:
     """``with atomic_write(path, "wb") as f: ...`` — ``path`` appears whole when the block ends.
@@ -29,6 +39,7 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w") -> Iterator[IO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would otherwise stay with the renamed file
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()

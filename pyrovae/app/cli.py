@@ -114,6 +114,7 @@ def cmd_train(args):
         if done >= cfg["train"]["epochs"]:
             print(f"pyrovae: {args.out} has already trained {done} epoch(s) (train.epochs = {cfg['train']['epochs']}): "
                   f"nothing to do; --set train.epochs=N with N > {done} continues it", file=sys.stderr)
+            run.train_run(cfg, args.out, resume=True, progress=False, write_config=False)  # completes its files
             return
     summary = run.train_run(cfg, args.out, resume=args.resume, progress=True)
     final = summary["final"]

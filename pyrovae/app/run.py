@@ -113,7 +113,7 @@ def prepare_run_dir(out, *, resume: bool = False, force: bool = False) -> Path:
         raise InputError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -121,16 +121,21 @@ def prepare_run_dir(out, *, resume: bool = False, force: bool = False) -> Path:
     for orphan in out.glob(".*.tmp"):
         orphan.unlink()
     if force and not resume:
-        for name in RUN_FILES:
+        for name in reversed(RUN_FILES):  # the checkpoint last: a kill meanwhile leaves no orphan metrics
             (out / name).unlink(missing_ok=True)
     return out
 
 
-def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) -> dict:
+def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, write_config: bool = True) -> dict:
     """Train the config's VAE into run dir ``out`` (continuing its checkpoint if ``resume``);
-    return the summary (also in summary.json). Call :func:`prepare_run_dir` first."""
+    return the summary (also in summary.json). Call :func:`prepare_run_dir` first.
+
+    Whatever the checkpoint holds, metrics.csv, summary.json and the plots are (re)written from
+    it: resuming a run killed after its last checkpoint completes its folder.
+    """
     out = Path(out)
-    write_text(out / "config.toml", cfgmod.dumps(cfg))
+    if write_config:
+        write_text(out / "config.toml", cfgmod.dumps(cfg))
     t = cfg["train"]
     device = resolve_device(t["device"])
     train_split, test_split = load_data(cfg, device)
@@ -144,6 +149,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True) ->
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape)},
                     callback=lambda h: write_metrics(out / "metrics.csv", h))
+    write_metrics(out / "metrics.csv", history)
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
         "model": vae.describe(), "parameters": sum(p.numel() for p in vae.parameters()),
