@@ -43,7 +43,7 @@ def test_train_a_hand_written_pair_reaches_the_exact_likelihood():
     mle = ppca_mle(x.double(), 2)
     best = ppca_log_evidence(x.double(), mle["W"], mle["b"], mle["sigma"]).mean().item()
     with torch.no_grad():
-        elbo = pyrovae.log_weights(model, guide, x, 200, analytic=True).mean(0)   # [N]
+        elbo = pyrovae.log_weights(model, guide, x, num_particles=200, analytic=True).mean(0)   # [N]
     final, se = elbo.mean().item(), elbo.std().item() / len(elbo) ** 0.5
     assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 1.0
     assert best - 0.05 < final <= best + 4 * se, (final, se, best)
@@ -263,11 +263,11 @@ def test_trainer_reuses_its_scaled_pair():
     model, guide = linear_gaussian_pair(3, 1)
     trainer = Trainer(model, guide, torch.randn(300, 3), batch_size=64, lr=1e-3, elbo="trace", num_particles=1,
                       test_data=None, device="cpu")
-    full, last = torch.zeros(64, 3), torch.zeros(300 - 4 * 64, 3)
-    assert trainer._scaled_pair(full) is trainer._scaled_pair(torch.ones(64, 3))
+    full, last = 64, 300 - 4 * 64  # the batch sizes of an epoch
+    assert trainer._scaled_pair(full) is trainer._scaled_pair(64)
     assert trainer._scaled_pair(last) is not trainer._scaled_pair(full)
     trainer.beta = 0.5
-    assert trainer._scaled_pair(full) is not trainer._pairs[(300 / 64, 1.0)]
+    assert trainer._scaled_pair(full) is not trainer._pairs[(64, 1.0)]
     assert len(trainer._pairs) == 3
 
 

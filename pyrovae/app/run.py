@@ -232,7 +232,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     x = test.x[: test_size or None]
     fns = {"mc_elbo": lambda b: est.mc_elbo(vae.model, vae.guide, b),
            "analytic_elbo": lambda b: est.analytic_elbo(vae.model, vae.guide, b),
-           f"iwae_bound(k={iw_samples})": lambda b: est.iwae_bound(vae.model, vae.guide, b, iw_samples)}
+           f"iwae_bound(k={iw_samples})": lambda b: est.iwae_bound(vae.model, vae.guide, b, num_samples=iw_samples)}
     try:
         vae.check_closed_form()
         fns["closed_form_elbo"] = lambda b: est.closed_form_elbo(vae, b)

@@ -75,6 +75,16 @@ class DataSplit:
         g = _generator(self.device, _derived_seed(self.seed, epoch, _BINARIZE_STREAM))
         return torch.bernoulli(self.x, generator=g)
 
+    def order(self, epoch: int, *, shuffle: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """The visiting order of ``epoch``: a ``torch.randperm`` on the data's device drawn with
+        ``generator`` (which must live on that device), else with one seeded by ``(seed, epoch)``."""
+        n = len(self)
+        if not shuffle:
+            return torch.arange(n, device=self.device)
+        if generator is None:
+            generator = _generator(self.device, _derived_seed(self.seed, epoch, _SHUFFLE_STREAM))
+        return torch.randperm(n, device=self.device, generator=generator)
+
     def batches(
         self,
         batch_size: int,
@@ -83,19 +93,10 @@ class DataSplit:
         shuffle: bool = True,
         generator: torch.Generator | None = None,
     ) -> Iterator[Tensor]:
-        """Mini-batches ``[<=batch_size, *shape]`` of :meth:`epoch`, as index slices.
-
-        The order is a ``torch.randperm`` on the data's device drawn with ``generator`` (which
-        must live on that device); without one, with a generator seeded by ``(seed, epoch)``.
-        The last batch may be smaller.
-        """
-        data, n = self.epoch(epoch), len(self)
-        if generator is None:
-            generator = _generator(self.device, _derived_seed(self.seed, epoch, _SHUFFLE_STREAM))
-        order = torch.arange(n, device=self.device)
-        if shuffle:
-            order = torch.randperm(n, device=self.device, generator=generator)
-        for start in range(0, n, batch_size):
+        """Mini-batches ``[<=batch_size, *shape]`` of :meth:`epoch`, as index slices in the order
+        of :meth:`order`. The last batch may be smaller."""
+        data, order = self.epoch(epoch), self.order(epoch, shuffle=shuffle, generator=generator)
+        for start in range(0, len(self), batch_size):
             yield data.index_select(0, order[start : start + batch_size])
 
 

@@ -10,21 +10,26 @@
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
+import pyro
+import torch
 from pyro import poutine
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_if_enumerated, check_site_shape, warn_if_nan
 
 from .. import checks
 from ..registry import Registry
 from .traces import kl_or_none, traces
 
 
-class MeanField_ELBO(TraceMeanField_ELBO):
-    """``TraceMeanField_ELBO`` that computes only the log-densities its estimate uses.
+class MeanField_ELBO(ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` estimate, computing only the log-densities it uses.
 
     Per particle, with s the site scale (N/B for a minibatch) and m its mask::
 
@@ -34,14 +39,35 @@ class MeanField_ELBO(TraceMeanField_ELBO):
     Pyro's class evaluates log p and log q at every site before choosing, so for a VAE with a
     closed-form KL it computes log p(z) and log q(z|x) and then discards them (2–4% of a
     784-400-50 MNIST step on a CPU, BENCHMARKS.md). This one computes each latent site's KL
-    once, and log-densities only where there is none — the same value and gradients
-    (tests/test_elbos.py). While Pyro's validation is on (and for a ``GuideMessenger`` guide) it
-    traces exactly as Pyro's class does, with all log-densities and all of its checks.
+    once, and log-densities only where there is none — the same value, gradients and draws under
+    the same seed (tests/test_elbos.py), and the same behaviour on the cases of Pyro's own test
+    suite that exercise ``TraceMeanField_ELBO`` (tests/test_meanfield_conformance.py). While
+    Pyro's validation is on (and for a ``GuideMessenger`` guide) it traces exactly as Pyro's class
+    does, with all log-densities and all of its checks, and warns as it does when the guide's
+    latent sites are not in the model's order.
+
+    Why not a subclass of ``TraceMeanField_ELBO``: it used to be one, overriding its private
+    ``_get_trace`` and ``_differentiable_loss_particle``, whose names, signatures and call order
+    Pyro may change in any release (``pyro-ppl>=1.9`` allows all of them) — an upgrade could then
+    have silently mixed Pyro's code with ours. It now builds on Pyro's public API only: the
+    ``ELBO`` base class (its constructor options and ``__call__``), ``loss``,
+    ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
+    (``get_importance_trace``, ``Trace.compute_log_prob``/``compute_score_parts``, the checks in
+    ``pyro.util`` and ``pyro.infer.util``). It calls no private Pyro method; ``_get_trace`` below
+    is the one hook ``ELBO`` declares abstract, implemented here and called only by this class.
+    Particles are drawn as Pyro's ELBOs draw them (a ``num_particles_vectorized`` plate, or a loop),
+    so seeds give the same draws. Not pinning Pyro keeps pyrovae installable next to newer Pyro
+    releases. ``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore False.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
+        """One (model trace, guide trace) pair: observed sites' log-densities, each latent site's
+        closed-form KL as ``kl_sum`` where one is registered, log p and the score parts elsewhere."""
         if is_validation_enabled() or isinstance(poutine.unwrap(guide), Messenger):
-            model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+            model_trace, guide_trace = get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+            if is_validation_enabled():
+                check_if_enumerated(guide_trace)
+                _warn_unless_in_model_order(model_trace, guide_trace)
         else:
             model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
         closed = _closed_form_kls(model_trace, guide_trace)
@@ -50,42 +76,129 @@ class MeanField_ELBO(TraceMeanField_ELBO):
             guide_trace.compute_score_parts()
         return model_trace, guide_trace
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        elbo = 0.0
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            if site["is_observed"]:
-                elbo = elbo + site["log_prob_sum"]
-                continue
-            guide_site = guide_trace.nodes[name]
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO, a number: the mean over ``num_particles`` draws."""
+        loss = 0.0
+        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+            loss = loss + _particle_loss(model_trace, guide_trace)[0] / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """−ELBO as a tensor whose gradient is the estimator's (its value is :meth:`loss`'s)."""
+        loss, surrogate = 0.0, 0.0
+        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+            loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
+            surrogate = surrogate + surrogate_particle / self.num_particles
+            loss = loss + loss_particle / self.num_particles
+        warn_if_nan(surrogate, "loss")
+        return loss + (surrogate - torch_item(surrogate))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO, a number, after adding its gradient to the parameters' ``.grad`` (one backward
+        pass per particle, as Pyro's ELBOs do)."""
+        loss = 0.0
+        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+            loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
+            loss = loss + loss_particle / self.num_particles
+            trainable = any(site["type"] == "param" for trace in (model_trace, guide_trace)
+                            for site in trace.nodes.values())
+            if trainable and getattr(surrogate_particle, "requires_grad", False):
+                (surrogate_particle / self.num_particles).backward(retain_graph=self.retain_graph)
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+def _particle_traces(elbo: MeanField_ELBO, model, guide, args, kwargs):
+    """The trace pairs of ``elbo.num_particles`` draws, drawn as Pyro's ELBOs draw them: one pair with a
+    ``num_particles_vectorized`` plate left of the pair's plates when ``vectorize_particles``, else one
+    pair per particle."""
+    if not elbo.vectorize_particles:
+        for _ in range(elbo.num_particles):
+            yield elbo._get_trace(model, guide, args, kwargs)
+        return
+    if elbo.max_plate_nesting == float("inf"):
+        _guess_max_plate_nesting(elbo, model, guide, args, kwargs)
+    if elbo.num_particles > 1:
+        particles = pyro.plate("num_particles_vectorized", elbo.num_particles, dim=-elbo.max_plate_nesting)
+        model, guide = particles(model), particles(guide)
+    yield elbo._get_trace(model, guide, args, kwargs)
+
+
+def _guess_max_plate_nesting(elbo: MeanField_ELBO, model, guide, args, kwargs) -> None:
+    """Set ``elbo.max_plate_nesting`` from one run of the pair, as Pyro's ELBOs do (the same draws: the
+    run uses the random stream as theirs does; site shapes checked while validation is on)."""
+    with poutine.block():
+        model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
+    if is_validation_enabled():
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+    sites = [site for trace in (model_trace, guide_trace) for site in trace.nodes.values() if site["type"] == "sample"]
+    if is_validation_enabled():
+        for site in sites:
+            check_site_shape(site, max_plate_nesting=float("inf"))
+    dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
+    elbo.max_plate_nesting = -min(dims) if dims else 0
+    if elbo.num_particles > 1:
+        elbo.max_plate_nesting += 1
+
+
+def _warn_unless_in_model_order(model_trace, guide_trace) -> None:
+    """Warn (as Pyro's class does) when the guide samples the shared sites in another order than the
+    model: the same order is sufficient, though not necessary, for the mean-field estimate to be right."""
+    in_model = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and n in guide_trace.nodes]
+    in_guide = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n in model_trace.nodes]
+    if in_model != in_guide:
+        warnings.warn("Failed to verify mean field restriction on the guide: the model samples "
+                      f"{', '.join(in_model)} and the guide {', '.join(in_guide)}. To eliminate this warning, "
+                      "ensure model and guide sites occur in the same order.")
+
+
+def _particle_loss(model_trace, guide_trace):
+    """(−ELBO of one particle as a number, the same as a tensor to differentiate)."""
+    elbo = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            elbo = elbo + site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        if is_validation_enabled():
+            check_fully_reparametrized(guide_site)
+        if "kl_sum" in guide_site:
+            elbo = elbo - guide_site["kl_sum"]
+        else:
+            elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+    for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+            assert guide_site["infer"].get("is_auxiliary")
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
-            if "kl_sum" in guide_site:
-                elbo = elbo - guide_site["kl_sum"]
-            else:
-                elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
-        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
-            if guide_site["type"] == "sample" and name not in model_trace.nodes:
-                assert guide_site["infer"].get("is_auxiliary")
-                if is_validation_enabled():
-                    check_fully_reparametrized(guide_site)
-                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
-        return -torch_item(elbo), -elbo
+            elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+    return -torch_item(elbo), -elbo
 
 
 def _closed_form_kls(model_trace, guide_trace) -> set:
-    """Store s·KL(q ‖ p), summed, as ``kl_sum`` in each guide site whose KL is registered; their names."""
+    """Store s·KL(q ‖ p), summed, as ``kl_sum`` in each guide site whose KL is registered; their names.
+
+    The KL of a pair masked out entirely (``dist.mask(False)``) is the number 0.0, not a tensor (Pyro's
+    ``MaskedDistribution`` KL cannot tell the device); its sum over the batch is 0.0, as in Pyro's class.
+    """
     closed = set()
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
         guide_site = guide_trace.nodes[name]
         kl = kl_or_none(guide_site, site, guide_site["scale"])
-        if kl is not None:
-            assert kl.shape == guide_site["fn"].batch_shape
+        if kl is None:
+            continue
+        if torch.is_tensor(kl):
+            assert kl.shape == guide_site["fn"].batch_shape, (name, kl.shape, guide_site["fn"].batch_shape)
             guide_site["kl_sum"] = kl.sum()
-            closed.add(name)
+        else:
+            guide_site["kl_sum"] = kl * torch.Size(guide_site["fn"].batch_shape).numel()
+        closed.add(name)
     return closed
 
 

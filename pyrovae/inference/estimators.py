@@ -1,9 +1,11 @@
 """ELBO and log-likelihood estimators, per datapoint, in nats.
 
-Every estimator takes a Pyro ``model`` and ``guide`` that both take a batch ``x`` (first dimension
-the batch, inside a ``pyro.plate`` over it) — a :class:`pyrovae.VAE`'s ``vae.model``/``vae.guide``
-or any pair written by hand — and returns a tensor of shape ``[batch]``: one log-probability per
-datapoint (ELBO ≤ log p(x); negative for images).
+Every estimator takes a Pyro ``model`` and ``guide`` and their arguments for a batch —
+``mc_elbo(vae.model, vae.guide, x)``, ``mc_elbo(cvae.model, cvae.guide, x, y)``, any pair written by
+hand, the batch first in each tensor, the observed sites inside a ``pyro.plate`` over it — with
+the estimator's own options keyword-only (``num_particles=``, ``num_samples=``, ``chunk_size=``,
+``data_plate=``), and returns a tensor of shape ``[batch]``: one log-probability per datapoint
+(ELBO ≤ log p(x); negative for images).
 
 With r particles z⁽ʲ⁾ ~ q(z|x) drawn in one vectorized pass (an outer plate over particles),
 the log importance weight of datapoint i is
@@ -21,14 +23,18 @@ site outside the data plate is shared equally among the datapoints.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..errors import InputTypeError, PairError
 from .. import checks
-from .traces import PARTICLES, kl_or_none, log_density, particle_traces, plate_nesting, sample_sites
+from ..errors import InputTypeError, PairError, PyrovaeError
+from .arguments import batch_size_of
+from .pairs import check_pair_on
+from .traces import PARTICLES, kl_or_none, log_density, nesting_of, particle_traces, sample_sites, traces
 
 #: particles × batch rows evaluated at once by the chunked estimators (bounds memory).
 MAX_ROWS = 32768
@@ -98,76 +104,127 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     return terms, analytic_names
 
 
-def _chunked_terms(model, guide, x, num_particles, analytic, data_plate, chunk_size=None
-                   ) -> Iterator[Tuple[torch.Tensor, List[str]]]:
-    """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles."""
-    batch = x.shape[0]
-    nesting = plate_nesting(model, guide, x)
+def _check_call(model, args: tuple, kwargs: dict) -> None:
+    """InputTypeError when the model cannot take these arguments (options are keyword-only)."""
+    try:
+        signature = inspect.signature(model)
+    except (TypeError, ValueError):  # a callable whose signature Python cannot read: let it run
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise InputTypeError(f"the model cannot be called with these arguments ({e}); the estimators' options "
+                             f"(num_particles, num_samples, chunk_size, data_plate) are keyword-only") from None
+
+
+_warned_sequential = set()
+
+
+def _vectorized(model, guide, n, nesting, args, kwargs):
+    """Traces of n particles in one pass; None when the pair's code cannot run vectorized."""
+    try:
+        return particle_traces(model, guide, n, nesting, *args, **kwargs)
+    except (RuntimeError, ValueError, IndexError) as e:
+        if isinstance(e, PyrovaeError):
+            raise
+        key = getattr(model, "__qualname__", repr(model))
+        if key not in _warned_sequential:
+            _warned_sequential.add(key)
+            warnings.warn(f"the pair cannot run its particles vectorized ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); running them one at a time", stacklevel=4)
+        return None
+
+
+def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size=None
+                   ) -> Iterator[Tuple[Dict[str, torch.Tensor], List[str]]]:
+    """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles.
+
+    The pair is first checked (:func:`pyrovae.inference.pairs.check_pair_on`: a latent without a
+    guide site, an extra guide site, shapes and supports). Particles are drawn n at a time in a
+    plate left of the pair's plates; a pair whose code cannot run so (shape-dependent indexing) is
+    run one particle at a time, with a warning once.
+    """
+    _check_call(model, args, kwargs)
+    batch = batch_size_of(args, kwargs)
+    nesting = nesting_of(check_pair_on(model, guide, *args, **kwargs))
     chunk = max(1, MAX_ROWS // max(batch, 1)) if chunk_size is None else checks.positive_int("chunk_size", chunk_size)
+    vectorize = True
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
-        model_trace, guide_trace = particle_traces(model, guide, n, nesting, x)
-        layout = _Layout(model_trace, batch, nesting, data_plate)
-        terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
-        yield {kind: sum(t) if t else 0.0 for kind, t in terms.items()}, names
+        found = _vectorized(model, guide, n, nesting, args, kwargs) if vectorize else None
+        runs = [found] if found is not None else [traces(model, guide, *args, **kwargs) for _ in range(n)]
+        vectorize = found is not None
+        for model_trace, guide_trace in runs:
+            layout = _Layout(model_trace, batch, nesting, data_plate)
+            terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
+            yield {kind: sum(t) if t else 0.0 for kind, t in terms.items()}, names
 
 
-def log_weights(model, guide, x, num_particles: int = 1, *, analytic: bool = False,
-                data_plate: Optional[str] = None, chunk_size: Optional[int] = None) -> torch.Tensor:
+def log_weights(model, guide, *args, num_particles: int = 1, analytic: bool = False,
+                data_plate: Optional[str] = None, chunk_size: Optional[int] = None, **kwargs) -> torch.Tensor:
     """log w = log p(x, z) − log q(z|x) for r particles z ~ q(z|x): shape ``[r, batch]``.
 
-    With ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
+    ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` are called on the batch. With
+    ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
     """
     checks.positive_int("num_particles", num_particles)
-    return torch.cat([t["reconstruction"] + t["latent"] for t, _ in _chunked_terms(
-        model, guide, x, num_particles, analytic, data_plate, chunk_size)])
+    return torch.cat([_rows(t["reconstruction"] + t["latent"], args, kwargs) for t, _ in _chunked_terms(
+        model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size)])
 
 
 # -- the estimators --------------------------------------------------------------------------------
-def mc_elbo(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> torch.Tensor:
+def mc_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optional[str] = None, **kwargs) -> torch.Tensor:
     """Monte Carlo ELBO, [batch]: 1/r Σ_j [log p(x, z_j) − log q(z_j|x)], z_j ~ q(z|x).
 
-    The estimate Trace_ELBO computes (without site scales), r = ``num_particles`` per datapoint.
+    The estimate Trace_ELBO computes (without site scales), r = ``num_particles`` per datapoint;
+    ``model(*args, **kwargs)``, e.g. ``mc_elbo(cvae.model, cvae.guide, x, y, num_particles=10)``.
     """
-    return log_weights(model, guide, x, num_particles, data_plate=data_plate).mean(0)
+    return log_weights(model, guide, *args, num_particles=num_particles, data_plate=data_plate, **kwargs).mean(0)
 
 
-def analytic_elbo(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> torch.Tensor:
+def analytic_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optional[str] = None,
+                  **kwargs) -> torch.Tensor:
     """ELBO with closed-form KL terms, [batch]: 1/r Σ_j log p(x|z_j) − KL(q(z|x) ‖ p(z)).
 
     Latent sites whose (guide, prior) pair has a registered ``kl_divergence`` use it (as
     TraceMeanField_ELBO does); the others are estimated by Monte Carlo. See :func:`analytic_sites`.
     """
-    return log_weights(model, guide, x, num_particles, analytic=True, data_plate=data_plate).mean(0)
+    return log_weights(model, guide, *args, num_particles=num_particles, analytic=True, data_plate=data_plate,
+                       **kwargs).mean(0)
 
 
-def analytic_sites(model, guide, x, *, data_plate: Optional[str] = None) -> List[str]:
+def analytic_sites(model, guide, *args, data_plate: Optional[str] = None, **kwargs) -> List[str]:
     """Names of the latent sites whose KL :func:`analytic_elbo` computes in closed form."""
     with torch.no_grad():
-        _, names = next(_chunked_terms(model, guide, x, 1, True, data_plate))
+        _, names = next(_chunked_terms(model, guide, args, kwargs, 1, True, data_plate))
     return names
 
 
-def elbo_parts(model, guide, x, num_particles: int = 1, *, data_plate: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def elbo_parts(model, guide, *args, num_particles: int = 1, data_plate: Optional[str] = None,
+               **kwargs) -> Dict[str, torch.Tensor]:
     """The ELBO split as in the notes, each [batch]: ``elbo = reconstruction − kl``.
 
     ``reconstruction`` = 1/r Σ_j log p(x | z_j) (the observed sites), ``kl`` = KL(q ‖ p) of the
     latent sites, in closed form where registered (as :func:`analytic_elbo`), else by Monte Carlo.
     """
     checks.positive_int("num_particles", num_particles)
-    parts = [t for t, _ in _chunked_terms(model, guide, x, num_particles, True, data_plate)]
-    recon = torch.cat([_rows(t["reconstruction"], x) for t in parts]).mean(0)
-    kl = -torch.cat([_rows(t["latent"], x) for t in parts]).mean(0)
+    parts = [t for t, _ in _chunked_terms(model, guide, args, kwargs, num_particles, True, data_plate)]
+    recon = torch.cat([_rows(t["reconstruction"], args, kwargs) for t in parts]).mean(0)
+    kl = -torch.cat([_rows(t["latent"], args, kwargs) for t in parts]).mean(0)
     return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
 
 
-def _rows(term, x):
-    """A term as [particles, batch] (a model with no latent site gives a plain 0.0)."""
-    return term if torch.is_tensor(term) else x.new_zeros(1, x.shape[0])
+def _rows(term, args, kwargs):
+    """A term as [particles, batch] (a model with no site of a kind gives a plain 0.0)."""
+    if torch.is_tensor(term):
+        return term
+    first = next(v for v in list(args) + list(kwargs.values()) if torch.is_tensor(v))
+    return first.new_zeros(1, batch_size_of(args, kwargs), dtype=torch.get_default_dtype()
+                           if not first.is_floating_point() else first.dtype)
 
 
-def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional[str] = None,
-               chunk_size: Optional[int] = None, grad: bool = False) -> torch.Tensor:
+def iwae_bound(model, guide, *args, num_samples: int = 5000, data_plate: Optional[str] = None,
+               chunk_size: Optional[int] = None, grad: bool = False, **kwargs) -> torch.Tensor:
     """Importance-weighted bound log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x): shape [batch].
 
     Burda et al. (2015): ELBO = IWAE_1 ≤ IWAE_k ≤ IWAE_{k+1} ≤ log p(x), → log p(x) as k → ∞.
@@ -178,13 +235,13 @@ def iwae_bound(model, guide, x, num_samples: int = 5000, *, data_plate: Optional
     checks.positive_int("num_samples", num_samples)
     total = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        for t, _ in _chunked_terms(model, guide, x, num_samples, False, data_plate, chunk_size):
-            lse = torch.logsumexp(t["reconstruction"] + t["latent"], 0)
+        for t, _ in _chunked_terms(model, guide, args, kwargs, num_samples, False, data_plate, chunk_size):
+            lse = torch.logsumexp(_rows(t["reconstruction"] + t["latent"], args, kwargs), 0)
             total = lse if total is None else torch.logaddexp(total, lse)
     return total - math.log(num_samples)
 
 
-def closed_form_elbo(vae, x, num_particles: int = 1, *, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+def closed_form_elbo(vae, x, *, num_particles: int = 1, eps: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The lecture notes' loss, written by hand with no Pyro inference code: shape [batch].
 
     ELBO(x) = 1/r Σ_j log p(x | z_j) − KL,   z_j = μ + σ ⊙ ε_j,  ε_j ~ N(0, I)

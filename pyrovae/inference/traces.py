@@ -63,22 +63,29 @@ def dry_run(model, guide, *args, **kwargs):
         return traces(model, guide, *args, **kwargs)
 
 
-def plate_nesting(model, guide, *args, **kwargs) -> int:
-    """The number of batch dimensions the pair's plates use (as Pyro's ELBOs guess it).
-
-    Runs the pair once without touching the random state, so a seed set before an estimator
-    gives the same draws as the same seed before one of Pyro's ELBOs.
-    """
-    dims = [-f.dim for tr in dry_run(model, guide, *args, **kwargs) for s in sample_sites(tr).values()
+def nesting_of(pair_traces) -> int:
+    """The number of batch dimensions the plates of a pair's traces use (as Pyro's ELBOs guess it)."""
+    dims = [-f.dim for tr in pair_traces for s in sample_sites(tr).values()
             for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
     return max(dims, default=0)
 
 
-def pair_params(model, guide, *args, **kwargs) -> Dict[str, torch.Tensor]:
-    """Create the pair's parameters (one dry run): name → unconstrained tensor in Pyro's param store."""
-    names = {n for tr in dry_run(model, guide, *args, **kwargs) for n, s in tr.nodes.items() if s["type"] == "param"}
+def plate_nesting(model, guide, *args, **kwargs) -> int:
+    """:func:`nesting_of` one dry run of the pair (the random state untouched, so a seed set before
+    an estimator gives the same draws as the same seed before one of Pyro's ELBOs)."""
+    return nesting_of(dry_run(model, guide, *args, **kwargs))
+
+
+def params_of(pair_traces) -> Dict[str, torch.Tensor]:
+    """The parameters a pair's traces registered: name → unconstrained tensor in Pyro's param store."""
+    names = {n for tr in pair_traces for n, s in tr.nodes.items() if s["type"] == "param"}
     store = dict(pyro.get_param_store().named_parameters())
     return {n: store[n] for n in sorted(names)}
+
+
+def pair_params(model, guide, *args, **kwargs) -> Dict[str, torch.Tensor]:
+    """Create the pair's parameters (one dry run): name → unconstrained tensor in Pyro's param store."""
+    return params_of(dry_run(model, guide, *args, **kwargs))
 
 
 def log_density(site) -> torch.Tensor:

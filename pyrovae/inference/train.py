@@ -1,7 +1,7 @@
 """Training any Pyro model/guide pair by stochastic variational inference.
 
 ``train(model, guide, data, epochs=..., batch_size=...)`` maximises the ELBO of the whole data
-set: each minibatch of B out of N datapoints is scaled by N/B (``poutine.scale``), so the loss
+set: each minibatch of B out of N datapoints is scaled by N/B (:class:`ScaleData`), so the loss
 is an unbiased estimate of −Σ_i ELBO(x_i) (pyro-ppl issue #1437). Parameters are whatever the
 pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` updates them all.
 
@@ -14,25 +14,68 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .. import checks
-from ..data.splits import DataSplit
-from ..errors import CheckpointError, DataError, InputTypeError, TrainingError
+from ..errors import CheckpointError, TrainingError
 from . import checkpoint as ckpt
 from .elbos import make_elbo
 from .estimators import elbo_parts
-from .traces import pair_params, plate_nesting
+from .arguments import ModelArguments, batch_size_of
+from .pairs import check_pair_on
+from .traces import PARTICLES, nesting_of, params_of
 
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
+
+
+#: the plates Pyro's ELBOs and pyrovae's estimators put around a pair to vectorize particles
+PARTICLE_PLATES = ("num_particles_vectorized", PARTICLES)
+
+
+class ScaleData(Messenger):
+    """Multiply by ``scale`` (N/B) the log-density of every sample site inside a plate over the
+    minibatch: a vectorized plate of size B, or one declared without a size (``pyro.plate("data")``)
+    whose dimension in the site's batch shape is B. Sites outside such plates (global latents and
+    parameters) are not scaled; a plate subsampled by Pyro itself (``pyro.plate("data", N,
+    subsample=...)``, size N) is scaled by Pyro and left alone here.
+
+    Around both the model and the guide it makes a minibatch's ELBO an unbiased estimate of the
+    ELBO of all N datapoints (pyro-ppl issue #1437).
+    """
+
+    def __init__(self, scale: float, batch: int):
+        super().__init__()
+        self.scale, self.batch = scale, batch
+
+    def _over_batch(self, msg) -> bool:
+        if site_is_subsample(msg):
+            return False
+        for f in msg["cond_indep_stack"]:
+            if not f.vectorized or f.name in PARTICLE_PLATES or f.full_size not in (None, f.size):
+                continue  # not over the batch, or subsampled (and scaled) by Pyro itself
+            if f.size == self.batch or (f.size == -1 and self._size_at(msg, f.dim) == self.batch):
+                return True
+        return False
+
+    @staticmethod
+    def _size_at(msg, dim: int) -> int:
+        """The size of batch dimension ``dim`` of a site: of its distribution, else of its value."""
+        fn, shape = msg["fn"], msg["fn"].batch_shape
+        if msg["value"] is not None:
+            value = msg["value"]
+            shape = torch.broadcast_shapes(shape, value.shape[:value.dim() - fn.event_dim])
+        return shape[dim] if len(shape) >= -dim else 1
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and self._over_batch(msg):
+            msg["scale"] = self.scale * msg["scale"]
 
 
 class ScaleLatents(Messenger):
@@ -73,34 +116,20 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return torch.device(device)
 
 
-def as_split(data, name: str = "data", dtype: Optional[torch.dtype] = None) -> DataSplit:
-    """A DataSplit from a DataSplit or a tensor [N, ...]; floating or boolean data are converted to
-    ``dtype`` (the model's) where one is given, a lossless or harmless change."""
-    if isinstance(data, torch.Tensor):
-        if data.dim() < 1 or data.shape[0] == 0:
-            raise DataError(f"{name} must be a non-empty tensor [N, ...], got shape {list(data.shape)}")
-        data = DataSplit(x=data, labels=None, name="tensor")
-    if not isinstance(data, DataSplit):
-        raise InputTypeError(f"{name} must be a torch.Tensor or pyrovae.data.DataSplit, got {type(data).__name__}")
-    x = data.x
-    if dtype is not None and x.dtype != dtype and (x.is_floating_point() or x.dtype == torch.bool):
-        data = replace(data, x=x.to(dtype))
-    return data
-
-
 def _owner(fn) -> Optional[nn.Module]:
     owner = getattr(fn, "__self__", None)
     return owner if isinstance(owner, nn.Module) else None
 
 
-def _check_data_once(model, *splits) -> None:
-    """A model whose owner checks its data (``VAE.check_data``) checks each whole split here,
+def _check_data_once(model, *data) -> None:
+    """A model whose owner checks its data (``VAE.check_data``) checks each whole data set here,
     once: its model and guide then check batches only while Pyro's validation is on."""
     check = getattr(_owner(model), "check_data", None)
     if check is not None:
-        for split in splits:
-            if split is not None:
-                check(split.x)
+        for arguments in data:
+            if arguments is not None:
+                args, kwargs = arguments.rows()
+                check(*args, **kwargs)
 
 
 #: a step's loss beyond this many times the session's starting scale is divergence
@@ -160,14 +189,15 @@ class Trainer:
                 _owner(fn).to(self.device)
         param = next(_owner(model).parameters(), None) if _owner(model) is not None else None
         dtype = None if param is None else param.dtype
-        self.data = as_split(data, "data", dtype).to(self.device)
-        self.test = None if test_data is None else as_split(test_data, "test_data", dtype).to(self.device)
+        self.data = ModelArguments(data, "data", dtype).to(self.device)
+        self.test = None if test_data is None else ModelArguments(test_data, "test_data", dtype).to(self.device)
         _check_data_once(model, self.data, self.test)
         self.batch_size = checks.positive_int("batch_size", batch_size)
-        first = self.data.x[: self.batch_size]
+        args, kwargs = self.data.rows(0, self.batch_size)
         self.pair = (model, guide)
-        self.elbo = make_elbo(elbo, num_particles, plate_nesting(model, guide, first))
-        self.params = pair_params(model, guide, first)
+        first = check_pair_on(model, guide, *args, **kwargs)  # a mismatched pair is refused here
+        self.elbo = make_elbo(elbo, num_particles, nesting_of(first))
+        self.params = params_of(first)
         self.lr = checks.positive_float("lr", lr)
         self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
         self.store_size = len(pyro.get_param_store())
@@ -187,38 +217,36 @@ class Trainer:
         self.params.update(new)
         self.store_size = len(store)
 
-    def _scale(self, xb):
-        """Minibatch scale N/B (the last batch of an epoch may be smaller)."""
-        return len(self.data) / xb.shape[0]
-
-    def _scaled_pair(self, xb):
-        """The pair scaled to the data-set size (N/B), its latent sites by β during a KL warm-up.
-
-        Built once per (N/B, β) and reused: an epoch has at most two batch sizes.
-        """
-        key = (self._scale(xb), self.beta)
+    def _scaled_pair(self, batch: int):
+        """The pair with its minibatch sites scaled to the data-set size (N/B, :class:`ScaleData`),
+        its latent sites by β during a KL warm-up. Built once per (B, β) and reused: an epoch has
+        at most two batch sizes."""
+        key = (batch, self.beta)
         if key not in self._pairs:
-            pair = [poutine.scale(fn, key[0]) for fn in self.pair]
-            self._pairs[key] = [ScaleLatents(key[1])(fn) for fn in pair] if key[1] != 1.0 else pair
+            pair = [ScaleData(len(self.data) / batch, batch)(fn) for fn in self.pair]
+            self._pairs[key] = [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else pair
         return self._pairs[key]
 
-    def step(self, xb) -> float:
-        """One SVI step on a minibatch; returns −ELBO per datapoint of the batch.
+    def step(self, args: tuple, kwargs: Optional[dict] = None) -> float:
+        """One SVI step on a minibatch ``model(*args, **kwargs)``; returns −ELBO per datapoint of the
+        minibatch (of the whole data set's ELBO, divided by N).
 
         Pyro's validation (distribution arguments, supports, site shapes) checks the first step
         of a run, which catches a pair's static mistakes; later steps skip it (5–7% of a step's
         time, BENCHMARKS.md), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
         A non-finite loss takes no optimizer step.
         """
+        kwargs = kwargs or {}
+        batch = batch_size_of(args, kwargs)
         with pyro.validation_enabled(self.validate or self.steps == 0):
-            loss = self.elbo.loss_and_grads(*self._scaled_pair(xb), xb)
+            loss = self.elbo.loss_and_grads(*self._scaled_pair(batch), *args, **kwargs)
         self.steps += 1
         self._adopt_new_params()
         if self.optimizer is not None:
             if math.isfinite(loss):
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss / (self._scale(xb) * xb.shape[0])
+        return loss / len(self.data)
 
     def diverged(self, epoch: int, step, what: str):
         """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
@@ -234,11 +262,11 @@ class Trainer:
         if bad:
             self.diverged(epoch, "end", f"parameter(s) {bad[:3]} became NaN/Inf")
 
-    def _why_not_finite(self, xb, loss: float) -> str:
+    def _why_not_finite(self, args, kwargs, loss: float) -> str:
         """Rerun the batch's loss with validation on, to name a NaN/Inf distribution parameter."""
         try:
             with pyro.validation_enabled(True), torch.no_grad():
-                self.elbo.loss(*self._scaled_pair(xb), xb)
+                self.elbo.loss(*self._scaled_pair(batch_size_of(args, kwargs)), *args, **kwargs)
         except ValueError as e:
             return _invalid_parameter(e) or f"the loss became {loss} ({str(e).splitlines()[0]})"
         return f"the loss became {loss}"
@@ -250,20 +278,20 @@ class Trainer:
         a distribution's parameter becomes NaN/Inf.
         """
         total, n, self.beta = 0.0, len(self.data), beta
-        for step, xb in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
+        for step, (args, kwargs) in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
             try:
-                loss = self.step(xb)
+                loss = self.step(args, kwargs)
             except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
                 what = _invalid_parameter(e)
                 if what is None:
                     raise
                 self.diverged(epoch, step, what)
             if not math.isfinite(loss):
-                self.diverged(epoch, step, self._why_not_finite(xb, loss))
+                self.diverged(epoch, step, self._why_not_finite(args, kwargs, loss))
             if self.monitor.diverged(loss):
                 self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint from "
                                            f"{self.monitor.scale:.3g} at the first step")
-            total += loss * xb.shape[0] / n
+            total += loss * batch_size_of(args, kwargs) / n
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"epoch {epoch} -ELBO {loss:.2f}", refresh=False)
@@ -272,8 +300,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000) -> dict:
         """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set)."""
-        x = self.test.x if self.test is not None else self.data.epoch(0)[:EVAL_POINTS]
-        parts = [elbo_parts(*self.pair, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        data = self.test if self.test is not None else self.data
+        n = len(data) if self.test is not None else min(EVAL_POINTS, len(data))
+        parts = []
+        for i in range(0, n, batch_size):
+            args, kwargs = data.rows(i, min(i + batch_size, n))
+            parts.append(elbo_parts(*self.pair, *args, **kwargs))
         return {k: torch.cat([p[k] for p in parts]).mean().item() for k in ("elbo", "reconstruction", "kl")}
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -312,12 +344,16 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
-        model, guide: any Pyro pair taking a batch x ``[B, ...]`` (e.g. ``vae.model``, ``vae.guide``).
-        data, test_data: a tensor ``[N, ...]`` or a :class:`pyrovae.data.DataSplit` (dynamic
-            binarization is redrawn every epoch).
-        elbo: ``"trace"`` (Trace_ELBO), ``"mean-field"`` (:class:`pyrovae.inference.elbos.MeanField_ELBO`,
+        model, guide: any Pyro pair whose arguments are a minibatch (e.g. ``vae.model``, ``vae.guide``;
+            ``model(x, y)`` of a conditional VAE).
+        data, test_data: the model's arguments for every datapoint: a tensor ``[N, ...]`` or a
+            :class:`pyrovae.data.DataSplit` (dynamic binarization is redrawn every epoch), called as
+            ``model(x)``; a tuple of them, called as ``model(*batch)``; a dict, ``model(**batch)``
+            (:mod:`pyrovae.inference.arguments`). Each element is sliced by the same minibatch indices.
+        elbo: a name — ``"trace"`` (Trace_ELBO), ``"mean-field"`` (:class:`pyrovae.inference.elbos.MeanField_ELBO`,
             TraceMeanField_ELBO's estimate), ``"iwae"`` (RenyiELBO, alpha=0, ``num_particles``
-            samples) or ``"graph"`` (TraceGraph_ELBO); see :mod:`pyrovae.inference.elbos`.
+            samples), ``"graph"`` (TraceGraph_ELBO), ``"enum"`` (TraceEnum_ELBO) — or any
+            ``pyro.infer.ELBO`` instance; see :mod:`pyrovae.inference.elbos`.
         seed: seeds Pyro/torch before training (seed before building the model to fix its init).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``; a model/guide that are
             methods of an ``nn.Module`` have that module moved there.

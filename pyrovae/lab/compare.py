@@ -55,10 +55,10 @@ def _evaluate(fn: Callable, x: torch.Tensor, batch_size: int, bar) -> torch.Tens
 
 def _spec_rows(vae, particles, iw_samples):
     """(name, parameter name, parameter, fn) for every estimator; fn None when unavailable."""
-    specs = [("mc_elbo", "r", r, lambda xb, r=r: mc_elbo(vae.model, vae.guide, xb, r)) for r in particles]
+    specs = [("mc_elbo", "r", r, lambda xb, r=r: mc_elbo(vae.model, vae.guide, xb, num_particles=r)) for r in particles]
     specs.append(("analytic_elbo", "r", 1, lambda xb: analytic_elbo(vae.model, vae.guide, xb)))
     specs.append(("closed_form_elbo", "r", 1, lambda xb: closed_form_elbo(vae, xb)))
-    specs += [("iwae_bound", "k", k, lambda xb, k=k: iwae_bound(vae.model, vae.guide, xb, k)) for k in iw_samples]
+    specs += [("iwae_bound", "k", k, lambda xb, k=k: iwae_bound(vae.model, vae.guide, xb, num_samples=k)) for k in iw_samples]
     return specs
 
 

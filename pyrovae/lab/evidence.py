@@ -44,8 +44,8 @@ def ppca_experiment(*, epochs: int = 100, iw_samples: int = 5000, test_size: int
     with torch.no_grad():
         ml = ppca_log_evidence(x64, **ppca_mle(train_split.x.double(), latent_dim))
         own = ppca_log_evidence(x64, W, b, sigma)
-        elbo = analytic_elbo(vae.model, vae.guide, x_test, 100).double()
-        iwae = iwae_bound(vae.model, vae.guide, x_test, iw_samples).double()
+        elbo = analytic_elbo(vae.model, vae.guide, x_test, num_particles=100).double()
+        iwae = iwae_bound(vae.model, vae.guide, x_test, num_samples=iw_samples).double()
     return {
         "data": f"ppca: {len(train_split)} train / {len(x_test)} test points, D = {test_split.shape[0]}, "
                 f"L = {latent_dim}",
@@ -70,11 +70,11 @@ def toy_experiment(*, epochs: int = 30, ks=KS, test_size: int = 1000, seed: int 
     x = test_split.x[:test_size].double()
     with torch.no_grad():
         log_px = toy_log_evidence(x, p["a"], p["b"], p["mu"])
-        gaps = {k: mean_se(log_px - iwae_bound(model, guide, x, k)) for k in ks}
+        gaps = {k: mean_se(log_px - iwae_bound(model, guide, x, num_samples=k)) for k in ks}
         return {
             "data": f"toy: z ~ Uniform({p['a']}, {p['b']}), x ~ N({p['mu']}, z²); {len(x)} test points",
             "log_px": mean_se(log_px),
-            "elbo_gap": mean_se(log_px - mc_elbo(model, guide, x, 100)),
+            "elbo_gap": mean_se(log_px - mc_elbo(model, guide, x, num_particles=100)),
             "iwae_gap": {str(k): g for k, g in gaps.items()},
         }
 
