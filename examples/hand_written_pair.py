@@ -62,7 +62,7 @@ def main():
             "mc_elbo (r=10)": pyrovae.mc_elbo(vae.model, vae.guide, x, num_particles=10),
             "analytic_elbo (r=10)": pyrovae.analytic_elbo(vae.model, vae.guide, x, num_particles=10),
             "closed_form_elbo (r=10)": pyrovae.closed_form_elbo(vae, x, num_particles=10),
-            f"iwae_bound (k={args.iw_samples})": pyrovae.iwae_bound(vae.model, vae.guide, x, args.iw_samples),
+            f"iwae_bound (k={args.iw_samples})": pyrovae.iwae_bound(vae.model, vae.guide, x, num_samples=args.iw_samples),
         }
     print(f"MNIST test (first 500, binarized once, seed 1), nats per datapoint; analytic sites: "
           f"{pyrovae.analytic_sites(vae.model, vae.guide, x)}")

@@ -187,10 +187,10 @@ def test_estimator_counts_name_their_own_argument():
     vae = pyrovae.VAE(5, 2, likelihood="gaussian", hidden=(8,))
     x = torch.randn(4, 5)
     with pytest.raises(InputError, match="num_samples must be a positive integer, got 0"):
-        pyrovae.iwae_bound(vae.model, vae.guide, x, 0)
+        pyrovae.iwae_bound(vae.model, vae.guide, x, num_samples=0)
     for bad in (0, -3):
         with pytest.raises(InputError, match=f"chunk_size must be a positive integer, got {bad}"):
-            pyrovae.iwae_bound(vae.model, vae.guide, x, 10, chunk_size=bad)
+            pyrovae.iwae_bound(vae.model, vae.guide, x, num_samples=10, chunk_size=bad)
 
 
 def test_data_of_another_dtype_is_converted_or_refused_by_name():

@@ -95,7 +95,7 @@ def test_mc_elbo_mean_within_4_standard_errors_of_closed_form():
     vae, x = small_vae("gaussian-decoder"), data(6)
     r = 4000
     with torch.no_grad():
-        mc = log_weights(vae.model, vae.guide, x, r)                                   # [r, B]
+        mc = log_weights(vae.model, vae.guide, x, num_particles=r)                                   # [r, B]
         cf = closed_form_elbo(vae, x.repeat(r, 1, 1)).reshape(r, x.shape[0])           # [r, B]
     se = (mc.var(0) / r + cf.var(0) / r).sqrt()
     assert ((mc.mean(0) - cf.mean(0)).abs() < 4 * se).all()
@@ -105,8 +105,8 @@ def test_iwae_is_above_elbo_and_nondecreasing_in_k():
     """E[IWAE_1] = ELBO ≤ E[IWAE_10] ≤ E[IWAE_100] ≤ E[IWAE_1000] (4 standard errors)."""
     vae, x = small_vae(), data(32)
     with torch.no_grad():
-        elbo = mc_elbo(vae.model, vae.guide, x, 4000)                                   # [B]
-        draws = {k: torch.stack([iwae_bound(vae.model, vae.guide, x, k) for _ in range(8)]) - elbo
+        elbo = mc_elbo(vae.model, vae.guide, x, num_particles=4000)                                   # [B]
+        draws = {k: torch.stack([iwae_bound(vae.model, vae.guide, x, num_samples=k) for _ in range(8)]) - elbo
                  for k in (1, 10, 100, 1000)}                                            # [R, B] gaps
     mean = {k: d.mean().item() for k, d in draws.items()}
     # the batch mean's standard error over the draws, datapoint by datapoint (stratified)
@@ -134,9 +134,9 @@ def test_iwae_chunking_gives_the_same_bound():
     k = 64
     with torch.no_grad():
         pyro.set_rng_seed(5)
-        chunked = iwae_bound(vae.model, vae.guide, x, k, chunk_size=7)
+        chunked = iwae_bound(vae.model, vae.guide, x, num_samples=k, chunk_size=7)
         pyro.set_rng_seed(5)
-        lw = log_weights(vae.model, vae.guide, x, k, chunk_size=7)                  # [k, B]
+        lw = log_weights(vae.model, vae.guide, x, num_particles=k, chunk_size=7)                  # [k, B]
     assert lw.shape == (k, 4) and torch.isfinite(lw).all()
     assert len({tuple(row.tolist()) for row in lw}) == k                            # no chunk repeated
     torch.testing.assert_close(chunked, torch.logsumexp(lw, 0) - math.log(k), rtol=0, atol=1e-10)
@@ -144,7 +144,7 @@ def test_iwae_chunking_gives_the_same_bound():
 
     R = 16
     with torch.no_grad():
-        draws = {c: torch.stack([iwae_bound(vae.model, vae.guide, x, k, chunk_size=c) for _ in range(R)])
+        draws = {c: torch.stack([iwae_bound(vae.model, vae.guide, x, num_samples=k, chunk_size=c) for _ in range(R)])
                  for c in (7, k)}                                                     # [R, B] each
     mean = {c: d.mean().item() for c, d in draws.items()}
     se = {c: (d.var(0).sum() / R).sqrt().item() / d.shape[1] for c, d in draws.items()}
@@ -188,9 +188,9 @@ def test_hand_written_pair_exact_evidence():
     cov = torch.eye(D, dtype=torch.float64) + 1.0
     log_px = torch.distributions.MultivariateNormal(torch.zeros(D, dtype=torch.float64), cov).log_prob(x)
     with torch.no_grad():
-        elbo = mc_elbo(model, guide, x, 5000)
-        ana = analytic_elbo(model, guide, x, 5000)
-        iw = iwae_bound(model, guide, x, 5000)
+        elbo = mc_elbo(model, guide, x, num_particles=5000)
+        ana = analytic_elbo(model, guide, x, num_particles=5000)
+        iw = iwae_bound(model, guide, x, num_samples=5000)
     assert analytic_sites(model, guide, x) == ["z"]
     assert (elbo < log_px).all() and (ana < log_px).all()
     assert torch.allclose(iw, log_px, atol=0.05)
@@ -226,7 +226,7 @@ def test_ppca_exact_posterior_makes_every_draw_exact_and_a_wrong_guide_is_below(
          + sigma * torch.randn(40, 5, generator=g, dtype=torch.float64))
     model, exact = make_ppca_model(W, b, sigma), make_ppca_exact_guide(W, b, sigma)
     log_px = ppca_log_evidence(x, W, b, sigma)
-    draws = log_weights(model, exact, x, 20)                                          # [20, 40]
+    draws = log_weights(model, exact, x, num_particles=20)                                          # [20, 40]
     assert torch.allclose(draws, log_px.expand_as(draws), atol=1e-8)                  # every draw is exact
 
     def wrong(x):  # the posterior mean shifted by 0.2 and its spread inflated 1.2 times
@@ -235,9 +235,9 @@ def test_ppca_exact_posterior_makes_every_draw_exact_and_a_wrong_guide_is_below(
             pyro.sample("z", pyro.distributions.MultivariateNormal(loc + 0.2, covariance_matrix=1.44 * cov))
 
     with torch.no_grad():
-        lw = log_weights(model, wrong, x, 2000)
+        lw = log_weights(model, wrong, x, num_particles=2000)
         elbo, se = lw.mean(0), lw.std(0) / math.sqrt(2000)
-        iw = iwae_bound(model, wrong, x, 5000)
+        iw = iwae_bound(model, wrong, x, num_samples=5000)
     assert (elbo < log_px - 4 * se).all()
     assert (iw > elbo).all()
     assert (iw - log_px).mean().abs() < 0.05 and (iw - log_px).abs().max() < 0.1, (iw - log_px)
