@@ -174,3 +174,35 @@ def test_any_pyro_elbo_instance_trains():
     elbo = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1)
     rows = pyrovae.train(cvae.model, cvae.guide, (xs, ys), epochs=2, batch_size=100, elbo=elbo, progress=False)
     assert len(rows) == 2 and math.isfinite(rows[-1]["train_elbo"])
+
+
+def test_an_extra_term_adds_its_own_scaled_elbo_to_each_step():
+    """Two data sets, one deterministic pair each (no latents): one step's loss is exactly the
+    sum of both full-data losses' minibatch estimates, each scaled to its own N, the extra one
+    weighted — and the extra term's parameter is trained."""
+    a, b = torch.randn(300, 2), torch.randn(50, 2) + 3
+
+    def model_a(x):
+        m = pyro.param("m", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(m, 1.0).to_event(1), obs=x)
+
+    def model_b(x):
+        m, s = pyro.param("m", torch.zeros(2)), pyro.param("s", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(m + s, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    extra = pyrovae.Term(model_b, guide, b, batch_size=10, weight=0.5)
+    trainer = Trainer(model_a, guide, a, batch_size=60, lr=1e-9, elbo="trace", num_particles=1, test_data=None,
+                      device="cpu", extra=[extra])
+    assert sorted(trainer.params) == ["m", "s"]
+    loss = trainer.step((a[:60],), {})
+    nll = lambda x: -dist.Normal(torch.zeros(2), 1.0).log_prob(x).sum()
+    first_b = trainer.extra[0].data.lead.order(1)[:10]   # the extra term's first minibatch
+    expected = (300 / 60 * nll(a[:60]) + 0.5 * 50 / 10 * nll(b[first_b])) / 300
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    pyrovae.train(model_a, guide, a, epochs=40, batch_size=60, lr=0.1, progress=False, extra=[extra])
+    assert pyro.param("s").detach().sub(3 - a.mean(0)).abs().max() < 0.5   # m fits a, m + s fits b

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
@@ -177,14 +178,54 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
             p.copy_(saved[name])
 
 
+@dataclass
+class Term:
+    """One more part of the objective, trained alongside the main pair in every step:
+    ``weight`` × the ELBO of ``model``/``guide`` over ``data`` (a tensor, tuple or dict, as for
+    :func:`train`), each of its minibatches scaled to its own data-set size.
+
+    The semi-supervised objective of Kingma et al. (2014) is the main pair on the unlabeled data
+    plus ``Term(model, guide, (x_labeled, y_labeled))`` and, for the classifier,
+    ``Term(classifier_model, classifier_guide, (x_labeled, y_labeled), weight=α)``
+    (examples/semi_supervised.py). ``elbo`` (default: the main one's) and ``batch_size``
+    (default: the main one's) may differ; a term's data are cycled through, reshuffled each pass.
+    """
+
+    model: Callable
+    guide: Callable
+    data: Any
+    elbo: Any = None
+    batch_size: Optional[int] = None
+    weight: float = 1.0
+
+
+class _TermState:
+    """A :class:`Term` inside a trainer: its data on the device, its ELBO, its endless minibatches."""
+
+    def __init__(self, term: Term, name: str, dtype, device, default_batch: int):
+        self.pair = (term.model, term.guide)
+        self.data = ModelArguments(term.data, name, dtype).to(device)
+        self.batch_size = checks.positive_int(f"{name}.batch_size", term.batch_size or default_batch)
+        self.weight = checks.positive_float(f"{name}.weight", term.weight)
+        self.elbo, self.passes, self._batches = term.elbo, 0, iter(())
+
+    def next_batch(self):
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self.passes += 1
+            self._batches = self.data.batches(self.batch_size, epoch=self.passes)
+            return next(self._batches)
+
+
 class Trainer:
     """The state of one training run; :func:`train` is the function to call."""
 
     def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
-                 validate: bool = False):
+                 validate: bool = False, extra: Sequence[Term] = ()):
         self.device = resolve_device(device)
         self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
-        for fn in (model, guide):
+        for fn in (model, guide, *[f for t in extra for f in (t.model, t.guide)]):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
         param = next(_owner(model).parameters(), None) if _owner(model) is not None else None
@@ -198,6 +239,13 @@ class Trainer:
         first = check_pair_on(model, guide, *args, **kwargs)  # a mismatched pair is refused here
         self.elbo = make_elbo(elbo, num_particles, nesting_of(first))
         self.params = params_of(first)
+        self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
+        for term in self.extra:
+            _check_data_once(term.pair[0], term.data)
+            t_args, t_kwargs = term.data.rows(0, term.batch_size)
+            traces = check_pair_on(*term.pair, *t_args, **t_kwargs)
+            term.elbo = make_elbo(term.elbo or elbo, num_particles, nesting_of(traces))
+            self.params.update(params_of(traces))
         self.lr = checks.positive_float("lr", lr)
         self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
         self.store_size = len(pyro.get_param_store())
@@ -217,19 +265,21 @@ class Trainer:
         self.params.update(new)
         self.store_size = len(store)
 
-    def _scaled_pair(self, batch: int):
+    def _scaled_pair(self, batch: int, term: Optional[_TermState] = None):
         """The pair with its minibatch sites scaled to the data-set size (N/B, :class:`ScaleData`),
-        its latent sites by β during a KL warm-up. Built once per (B, β) and reused: an epoch has
-        at most two batch sizes."""
-        key = (batch, self.beta)
+        times a term's weight, its latent sites by β during a KL warm-up. Built once per (term, B,
+        β) and reused: an epoch has at most two batch sizes."""
+        key = (id(term), batch, self.beta)
         if key not in self._pairs:
-            pair = [ScaleData(len(self.data) / batch, batch)(fn) for fn in self.pair]
+            n, weight = (len(self.data), 1.0) if term is None else (len(term.data), term.weight)
+            pair = [ScaleData(weight * n / batch, batch)(fn) for fn in (self.pair if term is None else term.pair)]
             self._pairs[key] = [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else pair
         return self._pairs[key]
 
     def step(self, args: tuple, kwargs: Optional[dict] = None) -> float:
-        """One SVI step on a minibatch ``model(*args, **kwargs)``; returns −ELBO per datapoint of the
-        minibatch (of the whole data set's ELBO, divided by N).
+        """One SVI step on a minibatch ``model(*args, **kwargs)`` (and one of each extra
+        :class:`Term`); returns the loss per datapoint of the main data (−ELBO of the whole data
+        set, plus the extra terms', divided by its N).
 
         Pyro's validation (distribution arguments, supports, site shapes) checks the first step
         of a run, which catches a pair's static mistakes; later steps skip it (5–7% of a step's
@@ -237,9 +287,12 @@ class Trainer:
         A non-finite loss takes no optimizer step.
         """
         kwargs = kwargs or {}
-        batch = batch_size_of(args, kwargs)
         with pyro.validation_enabled(self.validate or self.steps == 0):
-            loss = self.elbo.loss_and_grads(*self._scaled_pair(batch), *args, **kwargs)
+            loss = self.elbo.loss_and_grads(*self._scaled_pair(batch_size_of(args, kwargs)), *args, **kwargs)
+            for term in self.extra:  # gradients add up in the parameters' .grad
+                t_args, t_kwargs = term.next_batch()
+                pair = self._scaled_pair(batch_size_of(t_args, t_kwargs), term)
+                loss += term.elbo.loss_and_grads(*pair, *t_args, **t_kwargs)
         self.steps += 1
         self._adopt_new_params()
         if self.optimizer is not None:
@@ -340,7 +393,8 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
           num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
           checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
           progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None,
-          validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None) -> List[dict]:
+          validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None,
+          extra: Sequence[Term] = ()) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -365,6 +419,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
             step; by default it runs on the first step only, and a non-finite loss at any step
             stops training and is then diagnosed with validation on.
+        extra: more parts of the objective, each a :class:`Term` (its own pair, data, weight),
+            stepped together with the main pair: e.g. the labeled data and the classifier of a
+            semi-supervised VAE. ``train_elbo`` is then the whole objective per main datapoint.
         kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
             β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
             0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
@@ -374,8 +431,8 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
     checks.non_negative_int("kl_warmup", kl_warmup, " (epochs)")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo,
-                      num_particles=num_particles, test_data=test_data, device=device, validate=validate)
+    trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles,
+                      test_data=test_data, device=device, validate=validate, extra=extra)
     trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))
