@@ -100,9 +100,9 @@ def test_mean_field_elbo_steps_pyros_svi_as_pyros_class_does():
 
 
 def test_the_registry_names_each_objective():
-    assert list(ELBOS) == ["trace", "mean-field", "iwae", "graph"]
+    assert list(ELBOS) == ["trace", "mean-field", "iwae", "graph", "enum"]
     assert type(make_elbo("mean-field")) is MeanField_ELBO
     iwae = make_elbo("iwae", num_particles=5)
     assert (type(iwae).__name__, iwae.alpha, iwae.num_particles, iwae.vectorize_particles) == ("RenyiELBO", 0, 5, True)
-    with pytest.raises(ValueError, match="unknown elbo 'elbow'; expected one of graph, iwae, mean-field, trace"):
+    with pytest.raises(ValueError, match="unknown elbo 'elbow'; expected one of enum, graph, iwae, mean-field, trace"):
         make_elbo("elbow")

@@ -173,7 +173,7 @@ def test_bad_training_arguments():
     model, guide = linear_gaussian_pair(3, 1)
     x = torch.randn(10, 3)
     for kwargs, match in [({"epochs": 0}, "epochs"), ({"epochs": 1, "batch_size": 0}, "batch_size"),
-                          ({"epochs": 1, "elbo": "renyi"}, "unknown elbo 'renyi'; expected one of graph, iwae, mean-field, trace"),
+                          ({"epochs": 1, "elbo": "renyi"}, "unknown elbo 'renyi'; expected one of enum, graph, iwae, mean-field, trace"),
                           ({"epochs": 1, "lr": -1.0}, "lr"), ({"epochs": 1, "num_particles": 0}, "num_particles")]:
         with pytest.raises(ValueError, match=match):
             train(model, guide, x, progress=False, **kwargs)
