@@ -267,7 +267,7 @@ def test_trainer_reuses_its_scaled_pair():
     assert trainer._scaled_pair(full) is trainer._scaled_pair(64)
     assert trainer._scaled_pair(last) is not trainer._scaled_pair(full)
     trainer.beta = 0.5
-    assert trainer._scaled_pair(full) is not trainer._pairs[(64, 1.0)]
+    assert trainer._scaled_pair(full) is not trainer._pairs[(id(None), 64, 1.0)]
     assert len(trainer._pairs) == 3
 
 

@@ -56,8 +56,9 @@ class MeanField_ELBO(ELBO):
     ``pyro.util`` and ``pyro.infer.util``). It calls no private Pyro method; ``_get_trace`` below
     is the one hook ``ELBO`` declares abstract, implemented here and called only by this class.
     Particles are drawn as Pyro's ELBOs draw them (a ``num_particles_vectorized`` plate, or a loop),
-    so seeds give the same draws. Not pinning Pyro keeps pyrovae installable next to newer Pyro
-    releases. ``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore False.
+    so seeds give the same draws. (``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore
+    False.) Pinning Pyro to the release whose internals it mirrored was the alternative; not pinning
+    keeps pyrovae installable next to newer Pyro releases.
     """
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -208,6 +209,7 @@ ELBOS.register("trace", Trace_ELBO)
 ELBOS.register("mean-field", MeanField_ELBO)
 ELBOS.register("iwae", partial(RenyiELBO, alpha=0))
 ELBOS.register("graph", TraceGraph_ELBO)
+ELBOS.register("enum", pyro.infer.TraceEnum_ELBO)  # sums the guide's (and model's) enumerated sites exactly
 
 
 def make_elbo(name, num_particles: int = 1, max_plate_nesting: int = 1) -> ELBO:

@@ -20,6 +20,43 @@ at every latent site whose KL has a closed form (as TraceMeanField_ELBO does).
 The estimators give the ELBO of the model itself: site scales (``poutine.scale``, a plate's
 subsample scaling to the data-set size) are ignored; masks are honoured. A log-density of a
 site outside the data plate is shared equally among the datapoints.
+
+Discrete latents. A guide site that is not enumerated — discrete or continuous — is sampled, as
+above. A guide site marked ``infer={"enumerate": "parallel"}`` (``pyro.infer.config_enumerate``)
+is summed over its support exactly, as ``TraceEnum_ELBO`` sums it: the guide runs under
+``poutine.enum(first_available_dim=-(nesting + 2))`` (the particle plate sits at −(nesting + 1)),
+so each enumerated site y takes all its values e along a dimension of its own left of the
+particle dimension, and every log-density downstream of it (z ~ q(z|x, y), log p(x|y, z), ...)
+carries that dimension. With
+
+    T_e     = Σ_{model sites} log p − Σ_{guide sites} log q      (log q(y_e|x) included)
+            = log p(x, y_e, z_e) − log q(y_e|x) − log q(z_e|x, y_e),          shape [E..., r, B]
+    log q_e = Σ_{enumerated guide sites} log q(y_e|x)      (the joint q(e) of all of them)
+
+the estimators are, per particle j and datapoint i,
+
+* ``mc_elbo``, ``analytic_elbo``, ``elbo_parts``: Σ_e q(e) T_e (each part likewise), the exact
+  expectation over the enumerated sites — TraceEnum_ELBO's estimate; the closed-form KL of a
+  continuous site given y (where registered) enters T_e as −KL(q(z|x, y_e) ‖ p(z|y_e)); an
+  enumerated site's own KL needs no closed form: Σ_e q(e)(log p(y_e) − log q(y_e)) is exact;
+* ``log_weights`` and ``iwae_bound``: the importance weight of one particle with y summed out,
+  w = Σ_e p(x, y_e, z_e)/q(z_e|x, y_e), i.e. log w = logsumexp_e (T_e + log q_e) — an unbiased
+  estimate of p(x), so IWAE_k → log p(x) as k → ∞ (and with no continuous latent, log w = log
+  p(x) exactly). By Jensen, log w ≥ Σ_e q(e) T_e particle by particle.
+
+Sites the *model* enumerates (``infer={"enumerate": "parallel"}`` on a model site m the guide
+lacks, e.g. a mixture's assignment) are summed out of the joint, as TraceEnum_ELBO sums them: the
+model is replayed under ``poutine.enum``, which gives m dimensions left of the guide's, and
+T_e = logsumexp_m [Σ_{model sites} log p](m, e) − Σ_{guide sites} log q, then as above. In
+``elbo_parts`` the reconstruction is then Σ_m p(m | x, z, e) log p(x | ·) and the KL the rest;
+a closed-form KL that depends on m cannot stand inside the sum over m, and such a site's
+log p − log q is sampled instead (it is not among :func:`analytic_sites`).
+
+An enumerated site (of the guide or the model) must lie in the data plate and no other (one
+variable per datapoint, so the sum is per datapoint), and a site outside the data plate may not
+depend on one; sequential and Monte Carlo (``num_samples``) enumeration are not supported. Each
+is refused with a :class:`PairError` naming the site. A pair that enumerates nothing is run
+exactly as before (the same draws).
 """
 from __future__ import annotations
 
@@ -34,14 +71,16 @@ from .. import checks
 from ..errors import InputTypeError, PairError, PyrovaeError
 from .arguments import batch_size_of
 from .pairs import check_pair_on
-from .traces import PARTICLES, kl_or_none, log_density, nesting_of, particle_traces, sample_sites, traces
+from .traces import (PARTICLES, enum_traces, kl_or_none, log_density, nesting_of, particle_traces, sample_sites,
+                     traces)
 
 #: particles × batch rows evaluated at once by the chunked estimators (bounds memory).
 MAX_ROWS = 32768
 
 
 class _Layout:
-    """Where the particle and data dimensions sit in a site's batch shape."""
+    """Where the particle and data dimensions sit in a site's batch shape: the particle dimension
+    at −(nesting + 1), enumeration dimensions (if any) left of it, the data plate's at ``data_dim``."""
 
     def __init__(self, model_trace, batch: int, nesting: int, data_plate: Optional[str]):
         self.batch, self.nesting = batch, nesting
@@ -69,39 +108,120 @@ class _Layout:
             f"must be inside a pyro.plate over x's first dimension; candidates {sorted(found) or 'none'} "
             f"(pass data_plate=NAME)")
 
+    def enum_dims(self, log_density: torch.Tensor) -> int:
+        """How many enumeration dimensions (left of the particle dimension) a log-density has."""
+        return max(0, log_density.dim() - (self.nesting + 1))
+
+    def in_data_plate(self, site) -> bool:
+        """Whether a site lies in the data plate."""
+        return any(f.vectorized and f.name != PARTICLES and f.dim == self.data_dim for f in site["cond_indep_stack"])
+
     def per_datapoint(self, log_density: torch.Tensor) -> torch.Tensor:
-        """Reduce a site's log-density (batch-shaped) to ``[particles, batch]``."""
+        """Reduce a site's log-density (batch-shaped) to ``[particles, batch]``, or to
+        ``[E..., particles, batch]`` when it has enumeration dimensions E (kept as they are): summed
+        over the batch dimensions right of the particle dimension, except the data plate's."""
         t = log_density.reshape((1,) * (self.nesting + 1 - log_density.dim()) + log_density.shape)
-        data_axis = self.nesting + 1 + self.data_dim
-        other = [a for a in range(1, t.dim()) if a != data_axis]
+        particle_axis = self.enum_dims(t)
+        data_axis = t.dim() + self.data_dim
+        other = [a for a in range(particle_axis + 1, t.dim()) if a != data_axis]
         t = t.sum(other) if other else t
         if t.shape[-1] != self.batch:
             t = t / self.batch  # a site outside the data plate: shared among the datapoints
-        return t.expand(t.shape[0], self.batch)
+        return t.expand(t.shape[:-1] + (self.batch,))
 
 
 # -- the log weights ------------------------------------------------------------------------------
-def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
-    """Per-datapoint terms of the ELBO, each [particles, batch], keyed by what they are.
+def _enumerate_dim(site) -> Optional[int]:
+    """The dimension ``poutine.enum`` gave a site's values, or None (a site not enumerated)."""
+    return (site.get("infer") or {}).get("_enumerate_dim")
 
-    Returns ``({"reconstruction": [...], "latent": [...]}, analytic site names)``: the observed
-    sites' log p(x|·), and for each latent site log p(z|·) − log q(z|·) (or −KL where analytic).
+
+def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
+    """Per-datapoint terms of the ELBO, each [particles, batch] ([E..., particles, batch] where
+    enumerated sites add dimensions E), keyed by what they are.
+
+    Returns ``({"reconstruction": [...], "latent": [...], "enumerated": [...]}, analytic site
+    names, model_dims)``: the observed sites' log p(x|·); for each latent site log p(z|·) and
+    −log q(z|·) (or −KL where analytic); log q(y|·) of each enumerated guide site (empty when there
+    is none); and the dimensions of the per-datapoint terms over which the model enumerates its own
+    sites (to be summed out, :func:`_marginal`).
     """
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
-    terms = {"reconstruction": [], "latent": []}
+    enumerated = [n for n, s in guide_sites.items() if _enumerate_dim(s) is not None]
+    in_model = {n: s for n, s in model_sites.items() if n not in guide_sites and _enumerate_dim(s) is not None}
+    # a site's dimension d (left of the particle dimension −(nesting + 1)) is d + nesting − 1 per datapoint
+    model_dims = sorted({_enumerate_dim(s) + layout.nesting - 1 for s in in_model.values()})
+    every = enumerated + list(in_model)
+
+    def term(name, site, tensor):
+        if every and layout.enum_dims(tensor) and not layout.in_data_plate(site) \
+                and tensor.shape[:layout.enum_dims(tensor)].numel() > 1:
+            raise PairError(f"site '{name}' lies outside the data plate but depends on the enumerated site(s) "
+                            f"{', '.join(repr(n) for n in every)}: its log-density cannot be shared among "
+                            f"the datapoints; sample the discrete site instead (no infer={{'enumerate': ...}})")
+        return layout.per_datapoint(tensor)
+
+    def on_model_dims(t):
+        return any(t.dim() >= -d and t.shape[d] > 1 for d in model_dims)
+
+    terms = {"reconstruction": [], "latent": [], "enumerated": []}
     analytic_names = []
     for name, site in guide_sites.items():
-        kl = kl_or_none(site, model_sites.get(name)) if analytic else None
-        if kl is None:
-            terms["latent"].append(-layout.per_datapoint(log_density(site)))
+        # an enumerated site's expectation is exact already: Σ_e q(e)(log p − log q) = −KL; and a KL
+        # that depends on a site the model enumerates cannot stand inside the sum over that site
+        kl = kl_or_none(site, model_sites.get(name)) if analytic and name not in enumerated else None
+        kl = None if kl is None else term(name, site, kl)
+        if kl is None or on_model_dims(kl):
+            log_q = term(name, site, log_density(site))
+            terms["latent"].append(-log_q)
+            if name in enumerated:
+                terms["enumerated"].append(log_q)
         else:
-            terms["latent"].append(-layout.per_datapoint(kl))
+            terms["latent"].append(-kl)
             analytic_names.append(name)
     for name, site in model_sites.items():
         if name not in analytic_names:
             kind = "reconstruction" if site["is_observed"] else "latent"
-            terms[kind].append(layout.per_datapoint(log_density(site)))
-    return terms, analytic_names
+            terms[kind].append(term(name, site, log_density(site)))
+    return terms, analytic_names, model_dims
+
+
+def _enumerates(model_trace, guide_trace, layout: _Layout) -> bool:
+    """Whether the pair enumerates sites (the pair's checked traces, ``layout`` theirs): guide
+    sites marked ``infer={"enumerate": "parallel"}``, and model sites so marked that the guide lacks.
+    PairError for what the estimators cannot sum: sequential enumeration, a marked site without a
+    finite support, one marked for Monte Carlo enumeration (num_samples), one outside the data
+    plate or also in another plate."""
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+    marked = [(n, s) for n, s in guide_sites.items() if not s["is_observed"]]
+    marked += [(n, s) for n, s in model_sites.items() if not s["is_observed"] and n not in guide_sites]
+    problems, found = [], False
+    for name, site in marked:
+        how = (site.get("infer") or {}).get("enumerate")
+        if not how:
+            continue
+        whose = "" if name in guide_sites else "the model's "
+        if how != "parallel":
+            problems.append(f"{whose}site '{name}' is marked infer={{'enumerate': {how!r}}}: the estimators sum "
+                            f"enumerated sites in parallel only; mark it 'parallel'")
+        elif not getattr(site["fn"], "has_enumerate_support", False):
+            problems.append(f"{whose}site '{name}' is marked for enumeration but its distribution "
+                            f"({type(site['fn']).__name__}) has no finite support to enumerate")
+        elif site["infer"].get("num_samples") is not None:
+            problems.append(f"{whose}site '{name}' is marked for Monte Carlo enumeration (num_samples): the "
+                            f"estimators sum an enumerated site over its whole support only")
+        else:
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
+            if [f.dim for f in frames] != [layout.data_dim]:
+                where = f"in plates {', '.join(repr(f.name) for f in frames)}" if frames else "outside every plate"
+                problems.append(f"{whose}site '{name}' is enumerated {where}: the estimators sum an enumerated "
+                                f"site only when it lies in the data plate and no other (one discrete variable per "
+                                f"datapoint)" + ("; sample it instead (no infer={'enumerate': ...})" if not whose
+                                                 else ""))
+            found = True
+    if problems:
+        raise PairError("; ".join(problems))
+    return found
 
 
 def _check_call(model, args: tuple, kwargs: dict) -> None:
@@ -120,9 +240,12 @@ def _check_call(model, args: tuple, kwargs: dict) -> None:
 _warned_sequential = set()
 
 
-def _vectorized(model, guide, n, nesting, args, kwargs):
-    """Traces of n particles in one pass; None when the pair's code cannot run vectorized."""
+def _vectorized(model, guide, n, nesting, args, kwargs, enumerate_=False):
+    """Traces of n particles in one pass (the pair's marked sites enumerated with ``enumerate_``,
+    :func:`~pyrovae.inference.traces.enum_traces`); None when the pair's code cannot run vectorized."""
     try:
+        if enumerate_:
+            return enum_traces(model, guide, n, nesting, *args, **kwargs)
         return particle_traces(model, guide, n, nesting, *args, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:
         if isinstance(e, PyrovaeError):
@@ -137,27 +260,81 @@ def _vectorized(model, guide, n, nesting, args, kwargs):
 
 def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size=None
                    ) -> Iterator[Tuple[Dict[str, torch.Tensor], List[str]]]:
-    """Yield (Σ terms [n, batch], analytic site names) for chunks of n particles.
+    """Yield (Σ terms, analytic site names) for chunks of n particles: ``reconstruction`` and
+    ``latent`` [n, batch] (a plain 0.0 when no site is of that kind); ``enumerated``, Σ log q of
+    the enumerated guide sites, or None when the guide enumerates none; ``model_dims``, the
+    dimensions of the sites the model enumerates (a list, empty when none). With enumerated sites
+    the terms are [E..., n, batch]: reduce them with :func:`_marginal`, then :func:`_expected` or
+    :func:`_importance`.
 
     The pair is first checked (:func:`pyrovae.inference.pairs.check_pair_on`: a latent without a
-    guide site, an extra guide site, shapes and supports). Particles are drawn n at a time in a
-    plate left of the pair's plates; a pair whose code cannot run so (shape-dependent indexing) is
-    run one particle at a time, with a warning once.
+    guide site, an extra guide site, shapes and supports; :func:`_enumerates`). Particles are drawn
+    n at a time in a plate left of the pair's plates; a pair whose code cannot run so
+    (shape-dependent indexing) is run one particle at a time, with a warning once.
     """
     _check_call(model, args, kwargs)
     batch = batch_size_of(args, kwargs)
-    nesting = nesting_of(check_pair_on(model, guide, *args, **kwargs))
+    checked = check_pair_on(model, guide, *args, **kwargs)
+    nesting = nesting_of(checked)
+    enumerate_ = _enumerates(*checked, _Layout(checked[0], batch, nesting, data_plate))
     chunk = max(1, MAX_ROWS // max(batch, 1)) if chunk_size is None else checks.positive_int("chunk_size", chunk_size)
     vectorize = True
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
-        found = _vectorized(model, guide, n, nesting, args, kwargs) if vectorize else None
-        runs = [found] if found is not None else [traces(model, guide, *args, **kwargs) for _ in range(n)]
+        found = _vectorized(model, guide, n, nesting, args, kwargs, enumerate_) if vectorize else None
+        if found is not None:
+            runs = [found]
+        elif enumerate_:
+            runs = [enum_traces(model, guide, None, nesting, *args, **kwargs) for _ in range(n)]
+        else:
+            runs = [traces(model, guide, *args, **kwargs) for _ in range(n)]
         vectorize = found is not None
         for model_trace, guide_trace in runs:
             layout = _Layout(model_trace, batch, nesting, data_plate)
-            terms, names = _site_terms(model_trace, guide_trace, layout, analytic)
-            yield {kind: sum(t) if t else 0.0 for kind, t in terms.items()}, names
+            terms, names, model_dims = _site_terms(model_trace, guide_trace, layout, analytic)
+            sums = {kind: sum(t) if t else 0.0 for kind, t in terms.items()}
+            sums["enumerated"] = sums["enumerated"] if terms["enumerated"] else None
+            sums["model_dims"] = model_dims
+            yield sums, names
+
+
+def _marginal(terms) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(T, reconstruction, latent) with the sites the model enumerates summed out of the joint:
+    T = logsumexp_m (reconstruction + latent), reconstruction = Σ_m p(m | x, z, e) log p(x | ·), and
+    latent = T − reconstruction. Without such sites, (reconstruction + latent, reconstruction, latent)."""
+    recon, latent, dims = terms["reconstruction"], terms["latent"], terms["model_dims"]
+    total = recon + latent
+    if not dims:
+        return total, recon, latent
+    total = total.reshape((1,) * max(0, -min(dims) - total.dim()) + total.shape)
+    log_norm = torch.logsumexp(total, dims, keepdim=True)
+    if torch.is_tensor(recon):
+        post = (total - log_norm).exp()
+        recon = torch.where(post > 0, post * recon, torch.zeros((), dtype=post.dtype, device=post.device)).sum(dims)
+    total = log_norm.squeeze(dims)
+    return total, recon, total - recon
+
+
+def _expected(term, log_q):
+    """Σ_e q(e) · term_e over the enumeration dimensions: [n, batch] (``term`` itself without them).
+
+    ``log_q`` = Σ log q of the enumerated sites, [E..., n, batch], or None. Values of zero
+    probability contribute nothing (whatever their term)."""
+    if log_q is None or not torch.is_tensor(term):
+        return term
+    shape = torch.broadcast_shapes(term.shape, log_q.shape)
+    q = log_q.exp()
+    weighted = torch.where(q > 0, q * term, torch.zeros((), dtype=q.dtype, device=q.device))
+    return weighted.expand(shape).reshape((-1,) + shape[-2:]).sum(0)
+
+
+def _importance(log_w, log_q):
+    """logsumexp_e (log_w_e + log q_e) over the enumeration dimensions: [n, batch], the log weight
+    with the enumerated sites summed out (``log_w`` itself when there are none)."""
+    if log_q is None:
+        return log_w
+    total = log_w + log_q
+    return torch.logsumexp(total.reshape((-1,) + total.shape[-2:]), 0)
 
 
 def log_weights(model, guide, *args, num_particles: int = 1, analytic: bool = False,
@@ -166,10 +343,23 @@ def log_weights(model, guide, *args, num_particles: int = 1, analytic: bool = Fa
 
     ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` are called on the batch. With
     ``analytic=True`` the latent sites with a closed-form KL contribute −KL(q ‖ p) instead.
+    With enumerated guide sites y (module docstring), log w = logsumexp_e [log p(x, y_e, z_e) −
+    log q(z_e|x, y_e)], y summed out (and the sites the model enumerates summed out of p); with
+    ``analytic=True`` each row is instead the particle's ELBO Σ_e q(e) T_e, so that the mean of the
+    rows is :func:`analytic_elbo` in either case.
     """
     checks.positive_int("num_particles", num_particles)
-    return torch.cat([_rows(t["reconstruction"] + t["latent"], args, kwargs) for t, _ in _chunked_terms(
-        model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size)])
+    reduce = _expected if analytic else _importance
+    return torch.cat([_rows(reduce(_marginal(t)[0], t["enumerated"]), args, kwargs)
+                      for t, _ in _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate,
+                                                 chunk_size)])
+
+
+def _elbo_rows(model, guide, args, kwargs, num_particles, analytic, data_plate) -> torch.Tensor:
+    """Each particle's ELBO, [r, batch]: log w, or Σ_e q(e) T_e with enumerated sites."""
+    checks.positive_int("num_particles", num_particles)
+    return torch.cat([_rows(_expected(_marginal(t)[0], t["enumerated"]), args, kwargs)
+                      for t, _ in _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate)])
 
 
 # -- the estimators --------------------------------------------------------------------------------
@@ -178,8 +368,11 @@ def mc_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optional[st
 
     The estimate Trace_ELBO computes (without site scales), r = ``num_particles`` per datapoint;
     ``model(*args, **kwargs)``, e.g. ``mc_elbo(cvae.model, cvae.guide, x, y, num_particles=10)``.
+    Enumerated guide sites y are summed exactly, 1/r Σ_j Σ_e q(y_e|x) [log p(x, y_e, z_je) −
+    log q(y_e|x) − log q(z_je|x, y_e)] (the estimate TraceEnum_ELBO computes), sites the model
+    enumerates are summed out of p (module docstring); others are sampled.
     """
-    return log_weights(model, guide, *args, num_particles=num_particles, data_plate=data_plate, **kwargs).mean(0)
+    return _elbo_rows(model, guide, args, kwargs, num_particles, False, data_plate).mean(0)
 
 
 def analytic_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optional[str] = None,
@@ -188,13 +381,15 @@ def analytic_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optio
 
     Latent sites whose (guide, prior) pair has a registered ``kl_divergence`` use it (as
     TraceMeanField_ELBO does); the others are estimated by Monte Carlo. See :func:`analytic_sites`.
+    Enumerated guide sites are summed exactly, each weighted by q(e), as in :func:`mc_elbo`; a
+    site whose KL depends on a site the model enumerates is estimated by Monte Carlo.
     """
-    return log_weights(model, guide, *args, num_particles=num_particles, analytic=True, data_plate=data_plate,
-                       **kwargs).mean(0)
+    return _elbo_rows(model, guide, args, kwargs, num_particles, True, data_plate).mean(0)
 
 
 def analytic_sites(model, guide, *args, data_plate: Optional[str] = None, **kwargs) -> List[str]:
-    """Names of the latent sites whose KL :func:`analytic_elbo` computes in closed form."""
+    """Names of the latent sites whose KL :func:`analytic_elbo` computes in closed form (not the
+    enumerated ones: their sum over the support is exact already)."""
     with torch.no_grad():
         _, names = next(_chunked_terms(model, guide, args, kwargs, 1, True, data_plate))
     return names
@@ -206,11 +401,15 @@ def elbo_parts(model, guide, *args, num_particles: int = 1, data_plate: Optional
 
     ``reconstruction`` = 1/r Σ_j log p(x | z_j) (the observed sites), ``kl`` = KL(q ‖ p) of the
     latent sites, in closed form where registered (as :func:`analytic_elbo`), else by Monte Carlo.
+    Enumerated guide sites are summed exactly: each part is weighted by q(e) (module docstring).
     """
     checks.positive_int("num_particles", num_particles)
-    parts = [t for t, _ in _chunked_terms(model, guide, args, kwargs, num_particles, True, data_plate)]
-    recon = torch.cat([_rows(t["reconstruction"], args, kwargs) for t in parts]).mean(0)
-    kl = -torch.cat([_rows(t["latent"], args, kwargs) for t in parts]).mean(0)
+    recon, latent = [], []
+    for t, _ in _chunked_terms(model, guide, args, kwargs, num_particles, True, data_plate):
+        _, reconstruction, rest = _marginal(t)
+        recon.append(_rows(_expected(reconstruction, t["enumerated"]), args, kwargs))
+        latent.append(_rows(_expected(rest, t["enumerated"]), args, kwargs))
+    recon, kl = torch.cat(recon).mean(0), -torch.cat(latent).mean(0)
     return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
 
 
@@ -228,6 +427,8 @@ def iwae_bound(model, guide, *args, num_samples: int = 5000, data_plate: Optiona
     """Importance-weighted bound log 1/k Σ_j p(x, z_j)/q(z_j|x), z_j ~ q(z|x): shape [batch].
 
     Burda et al. (2015): ELBO = IWAE_1 ≤ IWAE_k ≤ IWAE_{k+1} ≤ log p(x), → log p(x) as k → ∞.
+    Enumerated guide sites y are summed out of each weight, w_j = Σ_e p(x, y_e, z_je)/q(z_je|x, y_e)
+    (still unbiased for p(x); exactly p(x) when y is the only latent); others are sampled.
     The k samples are processed in chunks of ``chunk_size`` (default: about 32768 particle × batch
     rows at a time) with a running log-sum-exp, so memory stays bounded for k = 5000. Runs without
     gradients unless ``grad=True`` (to train on it, use ``RenyiELBO(alpha=0)``).
@@ -236,7 +437,7 @@ def iwae_bound(model, guide, *args, num_samples: int = 5000, data_plate: Optiona
     total = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         for t, _ in _chunked_terms(model, guide, args, kwargs, num_samples, False, data_plate, chunk_size):
-            lse = torch.logsumexp(_rows(t["reconstruction"] + t["latent"], args, kwargs), 0)
+            lse = torch.logsumexp(_rows(_importance(_marginal(t)[0], t["enumerated"]), args, kwargs), 0)
             total = lse if total is None else torch.logaddexp(total, lse)
     return total - math.log(num_samples)
 

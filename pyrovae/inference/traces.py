@@ -2,10 +2,12 @@
 
 A model/guide pair is run the way Pyro's ELBOs run it: the guide is traced, then the model is
 traced replaying the guide's draws (:func:`traces`). :func:`particle_traces` does the same with
-r draws vectorized in a plate left of every plate of the pair; :func:`plate_nesting` finds how
-many batch dimensions the pair's plates use; :func:`kl_or_none` is the closed-form KL of a latent
-site where torch or Pyro registers one. Helpers that only look at a pair run it under
-:func:`preserved_rng`, so the random state — CPU and CUDA — is as it was afterwards.
+r draws vectorized in a plate left of every plate of the pair; :func:`enum_traces` also lets the
+sites marked for parallel enumeration take every value of their supports at once;
+:func:`plate_nesting` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
+is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
+at a pair run it under :func:`preserved_rng`, so the random state — CPU and CUDA — is as it was
+afterwards.
 """
 from __future__ import annotations
 
@@ -32,6 +34,24 @@ def particle_traces(model, guide, num_particles: int, max_plate_nesting: int, *a
     """:func:`traces` with ``num_particles`` draws vectorized in a plate left of all others."""
     with pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1)):
         return traces(model, guide, *args, **kwargs)
+
+
+def enum_traces(model, guide, num_particles: Optional[int], max_plate_nesting: int, *args, **kwargs):
+    """:func:`traces` with the sites marked ``infer={"enumerate": "parallel"}`` enumerated.
+
+    The guide runs under ``poutine.enum(first_available_dim=-(max_plate_nesting + 2))``: each
+    enumerated site takes every value of its support along its own dimension left of the particle
+    dimension -(max_plate_nesting + 1), and so does every log-density downstream of it; the model
+    is replayed on those values, under a ``poutine.enum`` that gives the sites only the model
+    enumerates dimensions further left. With ``num_particles`` (else one particle, no particle
+    plate) the particles are a plate at -(max_plate_nesting + 1). The pair is wrapped as
+    ``TraceEnum_ELBO`` wraps it, so a seed gives its draws.
+    """
+    if num_particles is not None:
+        particles = pyro.plate(PARTICLES, num_particles, dim=-(max_plate_nesting + 1))
+        model, guide = particles(model), particles(guide)
+    guide = poutine.enum(guide, first_available_dim=-(max_plate_nesting + 2))
+    return traces(poutine.enum(model), guide, *args, **kwargs)  # the model's dims continue the guide's
 
 
 def sample_sites(trace) -> Dict[str, dict]:

@@ -15,27 +15,22 @@ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) ≤ log p(x) with any Pyro ELBO.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import pyro
 import torch
-from pyro.infer.util import is_validation_enabled
 from torch import nn
 
-from .errors import DataError, InputError, InputTypeError
-from . import checks
-from .components.guides import GUIDES, DiagonalNormal
-from .components.likelihoods import LIKELIHOODS, Likelihood
-from .components.nets import NETS
-from .components.priors import PRIORS, StandardNormal
+from .. import checks
+from ..components.guides import GUIDES, DiagonalNormal
+from ..components.likelihoods import Likelihood
+from ..components.nets import NETS
+from ..components.priors import StandardNormal
+from ..errors import InputError, InputTypeError
+from .base import LatentVariableModel, component_name
 
 
-def _name(component) -> str:
-    return getattr(component, "registry_name", type(component).__name__)
-
-
-class VAE(nn.Module):
+class VAE(LatentVariableModel):
     """A variational autoencoder: ``vae.model(x)`` and ``vae.guide(x)`` for ``pyro.infer.SVI``.
 
     Args:
@@ -56,17 +51,14 @@ class VAE(nn.Module):
                  encoder: Optional[nn.Module] = None, decoder: Optional[nn.Module] = None,
                  prior_options=None, likelihood_options=None, guide_options=None,
                  num_data: Optional[int] = None):
-        super().__init__()
-        self.input_shape = checks.shape("input_shape", input_shape)
-        self.latent_dim = checks.positive_int("latent_dim", latent_dim)
-        self.num_data = None if num_data is None else checks.positive_int("num_data", num_data)
-        self.likelihood = LIKELIHOODS.build(likelihood, likelihood_options, input_shape=self.input_shape)
+        latent_dim = checks.positive_int("latent_dim", latent_dim)
+        super().__init__(input_shape, likelihood, likelihood_options, num_data)
+        self.latent_dim = latent_dim
         self.encoder, self.decoder = self._networks(net, hidden, activation, encoder, decoder)
         self.family = GUIDES.build(guide, guide_options, latent_dim=self.latent_dim,
                                    feature_dim=self._feature_dim())
-        self.prior = PRIORS.build(prior, prior_options, latent_dim=self.latent_dim, input_shape=self.input_shape)
-        self.prior.attach(self)
-        self._check_decoder()
+        self.prior = self._build_prior(prior, prior_options, self.latent_dim)
+        self._check_decoder(self.decoder, self.latent_dim)
 
     # -- construction ---------------------------------------------------------------------
     def _networks(self, net, hidden, activation, encoder, decoder):
@@ -80,12 +72,6 @@ class VAE(nn.Module):
                                               activation=activation)
         return encoder or default_enc, decoder or default_dec
 
-    def _probe(self, module, shape):
-        param = next(module.parameters(), None)
-        like = torch.zeros(()) if param is None else param
-        with torch.no_grad():
-            return module(like.new_zeros((2,) + shape))
-
     def _feature_dim(self) -> int:
         h = self._probe(self.encoder, self.input_shape)
         if h.dim() != 2 or h.shape[0] != 2:
@@ -93,24 +79,7 @@ class VAE(nn.Module):
                              f"[batch, features], got output shape {list(h.shape)} for a batch of 2")
         return h.shape[-1]
 
-    def _check_decoder(self):
-        self._decoder_out(self._probe(self.decoder, (self.latent_dim,)))
-
     # -- the pieces -------------------------------------------------------------------------
-    def _decoder_out(self, out: torch.Tensor) -> torch.Tensor:
-        """Bring a decoder output to ``[..., P, *input_shape]`` (accepts flat or P-less forms)."""
-        P, shape = self.likelihood.num_params, self.input_shape
-        full = (P,) + shape
-        n = len(full)
-        if tuple(out.shape[-n:]) == full:
-            return out
-        if P == 1 and tuple(out.shape[-len(shape):]) == shape:
-            return out.unsqueeze(-len(shape) - 1)
-        if out.shape[-1] == math.prod(full):
-            return out.unflatten(-1, full)
-        raise InputError(f"decoder output must end in {list(full)} (or {math.prod(full)} flat) for the "
-                         f"{self.likelihood.registry_name} likelihood, got shape {list(out.shape)}")
-
     def posterior(self, x: torch.Tensor):
         """q_φ(z|x): a distribution with batch_shape ``x.shape[:-len(input_shape)]``, event [L]."""
         return self.family(self.encoder(x))
@@ -118,27 +87,6 @@ class VAE(nn.Module):
     def likelihood_of(self, z: torch.Tensor):
         """p(x|z): a distribution with batch_shape ``z.shape[:-1]``, event ``input_shape``."""
         return self.likelihood(self._decoder_out(self.decoder(z)))
-
-    def check_data(self, x) -> torch.Tensor:
-        """Raise DataError for x of the wrong shape or dtype, NaN/Inf, or outside the support."""
-        self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
-        param = next(self.parameters(), None)
-        if param is not None and x.dtype != param.dtype:
-            raise DataError(f"x has dtype {x.dtype} but the VAE's parameters have dtype {param.dtype}: convert "
-                            f"one of them (x.to({param.dtype}) or vae.to({x.dtype}))")
-        return x
-
-    def _validate(self, x) -> None:
-        """``check_data(x)`` while Pyro's validation is on (its default). ``pyrovae.train`` checks
-        the whole data set once, before training, and validates only its first step."""
-        if is_validation_enabled():
-            self.check_data(x)
-
-    def _plate(self, x):
-        """The plate ``data`` over x's first dimension (of size ``num_data``, subsampled, if given)."""
-        if self.num_data is None:
-            return pyro.plate("data", x.shape[0])
-        return pyro.plate("data", self.num_data, subsample=torch.arange(x.shape[0], device=x.device))
 
     # -- Pyro model and guide ----------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
@@ -197,11 +145,11 @@ class VAE(nn.Module):
         """Raise ValueError unless p(z) = N(0, I), q is diagonal Gaussian and p(x|z) has a hand-written density."""
         problems = []
         if type(self.prior) is not StandardNormal:
-            problems.append(f"prior {_name(self.prior)!r} (needs 'normal')")
+            problems.append(f"prior {component_name(self.prior)!r} (needs 'normal')")
         if type(self.family) is not DiagonalNormal:
-            problems.append(f"guide {_name(self.family)!r} (needs 'diagonal')")
+            problems.append(f"guide {component_name(self.family)!r} (needs 'diagonal')")
         if type(self.likelihood).log_density is Likelihood.log_density:
-            problems.append(f"likelihood {_name(self.likelihood)!r} (no hand-written density)")
+            problems.append(f"likelihood {component_name(self.likelihood)!r} (no hand-written density)")
         if problems:
             raise InputError("closed_form_elbo has no closed form for " + "; ".join(problems))
 
@@ -223,9 +171,3 @@ class VAE(nn.Module):
             f"q(z|x) = {self.family.describe()}",
             f"x ∈ R^{'×'.join(map(str, self.input_shape))}, z ∈ R^{self.latent_dim}",
         ])
-
-    def extra_repr(self) -> str:
-        return self.describe()
-
-    def __str__(self) -> str:
-        return "VAE\n" + self.describe()
