@@ -69,6 +69,8 @@ def _add_run_dir_commands(sub):
     p = sub.add_parser("sample", help="draw x from the model: z ~ p(z), then the decoder mean")
     p.add_argument("run_dir", type=Path)
     p.add_argument("-n", type=positive, default=64)
+    p.add_argument("--label", type=non_negative, help="a class to draw (conditional VAE and M2 runs); "
+                                                         "default: a row per class")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_sample)
@@ -135,6 +137,9 @@ def cmd_evaluate(args):
         print(f"{result['data']}, n = {result['n']} ({result['units']}), seed {result['seed']}")
         for name, v in result["estimators"].items():
             print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}")
+        if "accuracy" in result:
+            print(f"  {'test accuracy':<24} {result['accuracy']['mean']:10.4f} ± {result['accuracy']['se']:.4f} "
+                  f"(classification error {100 * (1 - result['accuracy']['mean']):.2f}%)")
         if "closed_form_elbo" in result:
             print(f"  closed_form_elbo: {result['closed_form_elbo']}", flush=True)
     run.write_evaluation(args.run_dir, result)
@@ -148,7 +153,15 @@ def cmd_sample(args):
     _, vae, _ = run.load_run(args.run_dir, data=False)  # no data file is needed to sample
     torch.manual_seed(args.seed)
     out = args.out or args.run_dir / "samples.png"
-    plots.plot_samples(vae, out, n=args.n, seed=args.seed)
+    if args.label is not None:
+        from ..model import ConditionalVAE
+
+        if not isinstance(vae, ConditionalVAE):
+            raise ConfigError(f"--label draws one class of a model with labels (model.family 'cvae' or 'm2'); "
+                              f"{args.run_dir} holds a {type(vae).__name__}")
+        if args.label >= vae.num_classes:
+            raise ConfigError(f"--label must be a class in 0..{vae.num_classes - 1}, got {args.label}")
+    plots.plot_samples(vae, out, n=args.n, seed=args.seed, label=args.label)
     print(out)
 
 
@@ -157,7 +170,7 @@ def cmd_reconstruct(args):
 
     _, vae, test = run.load_run(args.run_dir)
     out = args.out or args.run_dir / "reconstructions.png"
-    plots.plot_reconstructions(vae, test.x[: args.n], out, n=args.n)
+    plots.plot_reconstructions(vae, test.x[: args.n], out, n=args.n, labels=test.labels)
     print(out)
 
 

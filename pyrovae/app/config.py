@@ -37,15 +37,17 @@ from ..components import ACTIVATIONS, GUIDES, LIKELIHOODS, NETS, PRIORS
 from ..data import BINARIZE_MODES, DATASETS
 from ..errors import ConfigError
 from ..inference.elbos import ELBOS
+from ..model import FAMILIES
 from ..registry import import_components, load_plugins
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "data": {"dataset": "mnist", "binarize": "dynamic", "subset": 0, "test_subset": 0, "data_dir": ""},
-    "model": {"latent_dim": 50, "hidden": [400], "activation": "", "net": "mlp",
+    "data": {"dataset": "mnist", "binarize": "dynamic", "subset": 0, "test_subset": 0, "data_dir": "",
+             "labeled": 0},
+    "model": {"family": "vae", "latent_dim": 50, "hidden": [400], "activation": "", "net": "mlp",
               "prior": "normal", "likelihood": "bernoulli", "guide": "diagonal",
-              "prior_options": {}, "likelihood_options": {}, "guide_options": {}},
+              "prior_options": {}, "likelihood_options": {}, "guide_options": {}, "family_options": {}},
     "train": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "elbo": "trace", "num_particles": 1,
-              "kl_warmup": 0, "seed": 0, "device": "auto"},
+              "kl_warmup": 0, "seed": 0, "device": "auto", "classifier_weight": 0.0},
 }
 
 #: the top-level key listing the user's own component modules
@@ -56,6 +58,7 @@ _PLUGINS_LOADED = False
 CHOICES = {
     ("data", "dataset"): DATASETS.names,
     ("data", "binarize"): lambda: BINARIZE_MODES,
+    ("model", "family"): FAMILIES.names,
     ("model", "prior"): PRIORS.names,
     ("model", "likelihood"): LIKELIHOODS.names,
     ("model", "guide"): GUIDES.names,
@@ -63,7 +66,8 @@ CHOICES = {
     ("model", "activation"): lambda: [""] + ACTIVATIONS.names(),
     ("train", "elbo"): ELBOS.names,
 }
-NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("train", "seed"), ("train", "kl_warmup")}
+NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("data", "labeled"), ("train", "seed"),
+                ("train", "kl_warmup"), ("train", "classifier_weight")}
 
 
 def _type_ok(default, value) -> bool:

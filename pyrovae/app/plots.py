@@ -31,6 +31,7 @@ from torchvision.utils import make_grid
 
 from ..errors import InputError
 from ..files import atomic_write
+from ..model import ConditionalVAE, SemiSupervisedVAE
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -185,22 +186,44 @@ def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Pat
 # ----------------------------------------------------------------------------- image figures
 
 
+def _conditional(vae) -> bool:
+    """Whether the model's encoder and decoder take a label (a conditional VAE; M2 predicts its own)."""
+    return isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE)
+
+
+def _given(vae, labels, n: int) -> tuple:
+    """The label argument of a conditional model's methods for the first n examples, else ()."""
+    if not _conditional(vae):
+        return ()
+    if labels is None:
+        raise InputError("a conditional VAE's reconstructions and latent plots need the data's labels")
+    return (torch.as_tensor(labels[:n], device=_device(vae)),)
+
+
 @torch.no_grad()
-def plot_reconstructions(vae, x, path: PathLike, n: int = 10) -> Path:
-    """The first ``n`` of x ``[N, *input_shape]`` (top row) above their reconstructions (bottom)."""
+def plot_reconstructions(vae, x, path: PathLike, n: int = 10, labels=None) -> Path:
+    """The first ``n`` of x ``[N, *input_shape]`` (top row) above their reconstructions (bottom);
+    a conditional VAE reconstructs each with its label (``labels`` [N])."""
     x = _tensor(vae, x[:n])
-    images = _images_or_raise(vae, torch.cat([x, vae.reconstruct(x)]))
+    images = _images_or_raise(vae, torch.cat([x, vae.reconstruct(x, *_given(vae, labels, n))]))
     return _save_image_grid(images, len(x), path,
                             "originals x (top), reconstructions E[x | z = μ(x)] (bottom)")
 
 
 @torch.no_grad()
-def plot_samples(vae, path: PathLike, n: int = 64, seed: int = 0) -> Path:
+def plot_samples(vae, path: PathLike, n: int = 64, seed: int = 0, label: Optional[int] = None) -> Path:
     """An 8-column grid of ``n`` decoder means E[x|z], z ~ p(z), drawn with torch seeded by ``seed``
-    (the global RNG state is left as it was)."""
+    (the global RNG state is left as it was). A model with labels (conditional VAE, M2) draws
+    ``label``'s class, or, with none, a row of 8 per class."""
     with _seeded(seed, _device(vae)):
-        images = _images_or_raise(vae, vae.sample(n))
-    return _save_image_grid(images, 8, path, f"E[x|z] for {n} draws z ~ p(z)")
+        if not isinstance(vae, ConditionalVAE):
+            images, title = vae.sample(n), f"E[x|z] for {n} draws z ~ p(z)"
+        elif label is not None:
+            images, title = vae.sample(n, label=label), f"E[x|z, y = {label}] for {n} draws z ~ p(z)"
+        else:
+            images = torch.cat([vae.sample(8, label=k) for k in range(vae.num_classes)])
+            title = "E[x|z, y], z ~ p(z): a row per class y = 0, 1, …"
+    return _save_image_grid(_images_or_raise(vae, images), 8, path, title)
 
 
 @torch.no_grad()
@@ -264,9 +287,10 @@ def _two_dims(loc: torch.Tensor):
 
 @torch.no_grad()
 def plot_latent_scatter(vae, x, labels, path: PathLike) -> Path:
-    """The posterior means μ_φ(x) of x ``[N, *input_shape]``, coloured by ``labels`` [N] (tab10)
-    or in one colour when ``labels`` is None; the first two principal components when L > 2."""
-    loc = vae.encode(_tensor(vae, x))["loc"].cpu()
+    """The posterior means μ_φ(x) of x ``[N, *input_shape]`` (of the top layer of a hierarchical
+    VAE), coloured by ``labels`` [N] (tab10) or in one colour when ``labels`` is None; the first
+    two principal components when L > 2."""
+    loc = vae.encode(_tensor(vae, x), *_given(vae, labels, len(x)))["loc"].cpu()
     points, xlabel, ylabel = _two_dims(loc)
     fig, ax = _figure(6.5, 5.5)
     title = f"posterior means of {len(points)} inputs (latent_dim = {vae.latent_dim})"
@@ -299,20 +323,22 @@ def plot_all(vae, run_dir: PathLike, x, labels=None, metrics=None) -> list:
 
     x ``[N, *input_shape]``, labels ``[N]`` or None, metrics as for :func:`plot_curves` (no
     ``curves.png`` when None or empty). The image figures are skipped when x are not images,
-    ``manifold.png`` unless latent_dim == 2.
+    ``manifold.png`` unless latent_dim == 2; a model with labels (conditional VAE, M2) has a row of
+    samples per class and no manifold or interpolation (its decoder needs a label too).
     """
     run_dir = Path(run_dir)
     paths = []
     if metrics is not None and (not isinstance(metrics, Sequence) or len(metrics)):
         paths.append(plot_curves(metrics, run_dir / "curves.png"))
     images = _image_shape(vae.input_shape) is not None
+    labelled = isinstance(vae, ConditionalVAE)
     if images:
-        paths.append(plot_reconstructions(vae, x, run_dir / "reconstructions.png"))
+        paths.append(plot_reconstructions(vae, x, run_dir / "reconstructions.png", labels=labels))
         paths.append(plot_samples(vae, run_dir / "samples.png"))
-        if vae.latent_dim == 2:
+        if vae.latent_dim == 2 and not labelled:
             paths.append(plot_manifold(vae, run_dir / "manifold.png"))
     paths.append(plot_latent_scatter(vae, x, labels, run_dir / "latent.png"))
-    if images:
+    if images and not labelled:
         other = _other_example(labels, x)
         paths.append(plot_interpolation(vae, x[0], x[other], run_dir / "interpolation.png"))
     return paths

@@ -9,6 +9,7 @@ A run is never overwritten by accident: training into a directory that holds one
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -21,14 +22,14 @@ import pyro
 import torch
 
 from ..data import is_image_dataset, load_dataset
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..files import atomic_write, write_text
 from ..inference import checkpoint as ckpt
 from ..inference import estimators as est
 from ..inference.traces import pair_params
-from ..inference.train import load_params, resolve_device, train
+from ..inference.train import Term, load_params, resolve_device, train
 from ..lab.report import mean_se
-from ..model import VAE
+from ..model import FAMILIES, ConditionalVAE, SemiSupervisedVAE
 from . import config as cfgmod
 
 METRIC_COLUMNS = ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
@@ -64,13 +65,75 @@ def load_data(cfg: dict, device="cpu"):
     return train_split, test_split
 
 
-def build_vae(cfg: dict, input_shape) -> VAE:
-    """The VAE of the config's [model] section for data of ``input_shape``."""
+def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
+    """The model of the config's [model] section (``family``: ``FAMILIES``) for data of ``input_shape``.
+
+    The [model] keys a family's constructor names are given to it; ``family_options`` are its own
+    (e.g. ``latent_dims`` and per-layer ``hidden`` of ``2layer``) and win over the common keys.
+    """
     m = cfg["model"]
-    return VAE(tuple(input_shape), m["latent_dim"], prior=m["prior"], likelihood=m["likelihood"],
-               guide=m["guide"], hidden=tuple(m["hidden"]), activation=m["activation"] or None, net=m["net"],
-               prior_options=m["prior_options"], likelihood_options=m["likelihood_options"],
-               guide_options=m["guide_options"])
+    context = dict(input_shape=tuple(input_shape), latent_dim=m["latent_dim"], num_classes=num_classes,
+                   prior=m["prior"], likelihood=m["likelihood"], guide=m["guide"], hidden=tuple(m["hidden"]),
+                   activation=m["activation"] or None, net=m["net"], prior_options=m["prior_options"],
+                   likelihood_options=m["likelihood_options"], guide_options=m["guide_options"])
+    options = dict(m["family_options"])
+    context = {k: v for k, v in context.items() if k not in options and v is not None}  # None: the family's default
+    return FAMILIES.build(m["family"], options, **context)
+
+
+def num_classes(cfg: dict, split) -> Optional[int]:
+    """K for a family that takes labels (``cvae``, ``m2``), from the data's labels; else None."""
+    needs = issubclass(FAMILIES.get(cfg["model"]["family"]), ConditionalVAE)
+    if not needs:
+        return None
+    if split.labels is None:
+        raise ConfigError(f"model.family = {cfg['model']['family']!r} needs labels, and data set "
+                          f"{cfg['data']['dataset']!r} has none")
+    return int(split.labels.max()) + 1
+
+
+def labeled_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices balanced over the classes (n // K each, the remainder to the first classes),
+    drawn with ``torch.Generator().manual_seed(seed)``: the labels M2 keeps."""
+    K = int(labels.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for k in range(K):
+        members = torch.nonzero(labels.cpu() == k).squeeze(1)
+        take = n // K + (k < n % K)
+        if take > len(members):
+            raise ConfigError(f"data.labeled = {n} needs {take} examples of class {k}, the data have {len(members)}")
+        picks.append(members[torch.randperm(len(members), generator=g)[:take]])
+    return torch.cat(picks).sort().values
+
+
+def training_data(cfg: dict, model, train_split, test_split):
+    """(data, test_data, extra Terms) for :func:`pyrovae.train`, as the model family takes them:
+    ``x``; ``(x, y)`` for a conditional VAE; for M2 the unlabeled x, the labeled ``(x, y)`` of
+    ``data.labeled`` examples (balanced, seeded) as a Term, and the classifier Term weighted by
+    ``train.classifier_weight`` (α)."""
+    if isinstance(model, SemiSupervisedVAE):
+        n = cfg["data"]["labeled"]
+        if not 0 < n < len(train_split):
+            raise ConfigError(f"model.family = 'm2' needs data.labeled between 1 and the training set's size "
+                              f"({len(train_split)}), got {n}")
+        idx = labeled_indices(train_split.labels, n, cfg["train"]["seed"])
+        rest = torch.ones(len(train_split), dtype=torch.bool)
+        rest[idx] = False
+        labeled, unlabeled = _rows(train_split, idx), _rows(train_split, rest.nonzero().squeeze(1))
+        extra = [Term(model.model, model.guide, (labeled, labeled.labels), elbo="trace")]
+        if cfg["train"]["classifier_weight"] > 0:
+            extra.append(Term(model.classifier_model, model.classifier_guide, (labeled, labeled.labels),
+                              elbo="trace", weight=cfg["train"]["classifier_weight"]))
+        return unlabeled, test_split, extra
+    if isinstance(model, ConditionalVAE):
+        return (train_split, train_split.labels), (test_split, test_split.labels), []
+    return train_split, test_split, []
+
+
+def _rows(split, idx):
+    labels = None if split.labels is None else split.labels[idx.to(split.labels.device)]
+    return dataclasses.replace(split, x=split.x[idx.to(split.x.device)], labels=labels)
 
 
 def write_metrics(path: Path, history) -> None:
@@ -141,13 +204,15 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     train_split, test_split = load_data(cfg, device)
     pyro.clear_param_store()
     pyro.set_rng_seed(t["seed"])
-    vae = build_vae(cfg, train_split.shape)
+    classes = num_classes(cfg, train_split)
+    vae = build_model(cfg, train_split.shape, classes)
+    data, test_data, extra = training_data(cfg, vae, train_split, test_split)
     start = time.perf_counter()
-    history = train(vae.model, vae.guide, train_split, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
+    history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
-                    test_data=test_split, device=str(device),
+                    test_data=test_data, device=str(device), extra=extra,
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
-                    metadata={"input_shape": list(train_split.shape)},
+                    metadata={"input_shape": list(train_split.shape), "num_classes": classes},
                     callback=lambda h: write_metrics(out / "metrics.csv", h))
     write_metrics(out / "metrics.csv", history)
     summary = {
@@ -198,14 +263,20 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
         raise CheckpointError(f"{run_dir / 'checkpoint.pt'} holds no run config: it was not written by `pyrovae train`")
     cfg = cfgmod.validate(state["config"])
     device = resolve_device(device)
-    shape = (state.get("metadata") or {}).get("input_shape")
+    metadata = state.get("metadata") or {}
+    shape = metadata.get("input_shape")
     test_split = load_data(cfg, device)[1] if data or shape is None else None
     shape = tuple(shape or test_split.shape)
     pyro.clear_param_store()
-    vae = build_vae(cfg, shape).to(device)
-    probe = torch.zeros(2, *shape, device=device)
+    vae = build_model(cfg, shape, metadata.get("num_classes")).to(device)
+    probe = (torch.zeros(2, *shape, device=device),)
+    if isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE):
+        probe += (torch.zeros(2, dtype=torch.long, device=device),)
     with pyro.validation_enabled(False):
-        params = pair_params(vae.model, vae.guide, probe)
+        params = pair_params(vae.model, vae.guide, *probe)
+        if isinstance(vae, SemiSupervisedVAE):  # the classifier term's parameters
+            params.update(pair_params(vae.classifier_model, vae.classifier_guide, probe[0],
+                                      torch.zeros(2, dtype=torch.long, device=device)))
     load_params(params, state["params"])
     return cfg, vae, test_split
 
@@ -230,16 +301,20 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
         raise InputError(f"--test-size {test_size} is larger than the test set ({len(test)} datapoints)")
     pyro.set_rng_seed(seed)
     x = test.x[: test_size or None]
-    fns = {"mc_elbo": lambda b: est.mc_elbo(vae.model, vae.guide, b),
-           "analytic_elbo": lambda b: est.analytic_elbo(vae.model, vae.guide, b),
-           f"iwae_bound(k={iw_samples})": lambda b: est.iwae_bound(vae.model, vae.guide, b, num_samples=iw_samples)}
+    y = None if test.labels is None else test.labels[: test_size or None]
+    conditional = isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE)
+    args = (lambda i: (x[i:i + batch_size], y[i:i + batch_size])) if conditional else (lambda i: (x[i:i + batch_size],))
+    fns = {"mc_elbo": lambda a: est.mc_elbo(vae.model, vae.guide, *a),
+           "analytic_elbo": lambda a: est.analytic_elbo(vae.model, vae.guide, *a),
+           f"iwae_bound(k={iw_samples})": lambda a: est.iwae_bound(vae.model, vae.guide, *a, num_samples=iw_samples)}
+    closed_form_note = None
     try:
+        if not hasattr(vae, "check_closed_form"):
+            raise InputError(f"closed_form_elbo is written for the plain VAE, not the {cfg['model']['family']!r} family")
         vae.check_closed_form()
-        fns["closed_form_elbo"] = lambda b: est.closed_form_elbo(vae, b)
-    except ValueError as e:
+        fns["closed_form_elbo"] = lambda a: est.closed_form_elbo(vae, a[0])
+    except InputError as e:
         closed_form_note = str(e)
-    else:
-        closed_form_note = None
     values = {name: [] for name in fns}
     batches = range(0, len(x), batch_size)
     if progress:
@@ -248,10 +323,15 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     with torch.no_grad():
         for i in batches:
             for name, fn in fns.items():
-                values[name].append(fn(x[i:i + batch_size]).cpu())
+                values[name].append(fn(args(i)).cpu())
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()}}
+    if isinstance(vae, SemiSupervisedVAE) and y is not None:
+        with torch.no_grad():
+            correct = torch.cat([(vae.predict(x[i:i + batch_size]) == y[i:i + batch_size]).double().cpu()
+                                 for i in range(0, len(x), batch_size)])
+        result["accuracy"] = mean_se(correct)
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
     result["seed"] = seed

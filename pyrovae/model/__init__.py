@@ -15,10 +15,18 @@ module              class                                     model / guide
 Each takes its priors, likelihoods and variational families by registered name or as objects
 (``PRIORS``, ``LIKELIHOODS``, ``GUIDES``), and builds its networks from :mod:`pyrovae.components.nets`.
 """
+from ..registry import Registry
 from .base import LatentVariableModel
 from .conditional import ConditionalVAE
 from .hierarchical import TwoLayerVAE
 from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
-__all__ = ["VAE", "ConditionalVAE", "SemiSupervisedVAE", "TwoLayerVAE", "LatentVariableModel"]
+#: name → model family (``model.family`` in a config): ``vae``, ``cvae``, ``m2``, ``2layer``
+FAMILIES = Registry("model family", LatentVariableModel)
+FAMILIES.register("vae", VAE)
+FAMILIES.register("cvae", ConditionalVAE)
+FAMILIES.register("m2", SemiSupervisedVAE)
+FAMILIES.register("2layer", TwoLayerVAE)
+
+__all__ = ["VAE", "ConditionalVAE", "SemiSupervisedVAE", "TwoLayerVAE", "LatentVariableModel", "FAMILIES"]
