@@ -6,7 +6,11 @@
                 the KL in closed form at every latent site where it is registered
 ``iwae``        ``RenyiELBO(alpha=0)``: log 1/k Σ_j p(x, z_j)/q(z_j|x), k = ``num_particles``
 ``graph``       ``TraceGraph_ELBO``: Trace_ELBO with Rao-Blackwellised score-function terms
+``enum``        ``TraceEnum_ELBO``: discrete sites marked ``infer={"enumerate": "parallel"}``
+                (``config_enumerate``) summed out exactly, the others sampled
 ==============  ===================================================================
+
+Any ``pyro.infer.ELBO`` instance may be given instead of a name.
 """
 from __future__ import annotations
 
