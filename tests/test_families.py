@@ -328,3 +328,19 @@ def test_semi_supervised_example_trains_a_users_pair_from_labeled_and_unlabeled_
     assert "100 labeled, 1900 unlabeled MNIST images; α = 2" in done.stdout, done.stdout
     accuracy = float(done.stdout.split("test accuracy ")[1].split()[0])
     assert 0.15 < accuracy <= 1.0, done.stdout   # above chance (0.1; its SE on 10,000 test images 0.003)
+
+
+def test_a_config_builds_each_family_and_the_two_layer_vae_keeps_burdas_sizes():
+    from pyrovae.app import config, run
+
+    cfg = config.validate({"model": {"family": "2layer"}})
+    model = run.build_model(cfg, (28, 28))
+    assert model.latent_dims == (100, 50) and type(model).__name__ == "TwoLayerVAE"
+    cfg = config.validate({"model": {"family": "2layer", "family_options": {"latent_dims": [8, 4], "hidden": [[16], [8]]}}})
+    assert run.build_model(cfg, (28, 28)).latent_dims == (8, 4)
+    cfg = config.validate({"model": {"family": "cvae", "latent_dim": 5, "hidden": [32]}})
+    cvae = run.build_model(cfg, (28, 28), num_classes=10)
+    assert (cvae.latent_dim, cvae.num_classes) == (5, 10)
+    with pytest.raises(pyrovae.errors.ConfigError, match="unknown option"):
+        run.build_model(config.validate({"model": {"family": "vae", "family_options": {"latent_dims": [3, 2]}}}),
+                        (28, 28))

@@ -201,6 +201,9 @@ def cmd_compare(args):
     from . import plots, run
 
     cfg, vae, test = run.load_run(args.run_dir)
+    if getattr(vae, "num_classes", None) and not hasattr(vae, "classify"):
+        raise ConfigError(f"compare scores models of x alone (families vae, m2, 2layer); {args.run_dir} holds a "
+                          f"conditional VAE, whose model takes (x, y)")
     x = test.x[: args.test_size or None]
     result = compare.compare_estimators(vae, x, max_k=args.max_k, seed=args.seed, gradient_draws=args.gradient_draws,
                                         progress=not args.json)

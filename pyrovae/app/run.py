@@ -65,11 +65,16 @@ def load_data(cfg: dict, device="cpu"):
     return train_split, test_split
 
 
+#: [model] keys a family does not take: the two-layer VAE's sizes are per layer, in family_options
+OWN_SIZES = {"2layer": ("hidden", "latent_dim")}
+
+
 def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
     """The model of the config's [model] section (``family``: ``FAMILIES``) for data of ``input_shape``.
 
     The [model] keys a family's constructor names are given to it; ``family_options`` are its own
-    (e.g. ``latent_dims`` and per-layer ``hidden`` of ``2layer``) and win over the common keys.
+    and win over the common keys. The two-layer VAE takes no ``hidden`` or ``latent_dim`` from
+    [model]: its ``latent_dims`` and per-layer ``hidden`` are family options (Burda's by default).
     """
     m = cfg["model"]
     context = dict(input_shape=tuple(input_shape), latent_dim=m["latent_dim"], num_classes=num_classes,
@@ -77,7 +82,8 @@ def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
                    activation=m["activation"] or None, net=m["net"], prior_options=m["prior_options"],
                    likelihood_options=m["likelihood_options"], guide_options=m["guide_options"])
     options = dict(m["family_options"])
-    context = {k: v for k, v in context.items() if k not in options and v is not None}  # None: the family's default
+    own = set(options) | set(OWN_SIZES.get(m["family"], ()))
+    context = {k: v for k, v in context.items() if k not in own and v is not None}  # None: the family's default
     return FAMILIES.build(m["family"], options, **context)
 
 

@@ -207,15 +207,25 @@ class _TermState:
         self.data = ModelArguments(term.data, name, dtype).to(device)
         self.batch_size = checks.positive_int(f"{name}.batch_size", term.batch_size or default_batch)
         self.weight = checks.positive_float(f"{name}.weight", term.weight)
-        self.elbo, self.passes, self._batches = term.elbo, 0, iter(())
+        self.elbo = term.elbo
+        self.seek(0, 0)
+
+    def seek(self, passes: int, taken: int) -> None:
+        """Stand after ``taken`` minibatches of pass ``passes`` (where a checkpoint left the term)."""
+        self.passes, self.taken = passes, 0
+        self._batches = self.data.batches(self.batch_size, epoch=passes) if passes else iter(())
+        for _ in range(taken):
+            next(self._batches)
+            self.taken += 1
 
     def next_batch(self):
         try:
-            return next(self._batches)
+            batch = next(self._batches)
         except StopIteration:
-            self.passes += 1
-            self._batches = self.data.batches(self.batch_size, epoch=self.passes)
-            return next(self._batches)
+            self.seek(self.passes + 1, 0)
+            batch = next(self._batches)
+        self.taken += 1
+        return batch
 
 
 class Trainer:
@@ -372,6 +382,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "history": self.history,
             "config": config,
+            "terms": [[t.passes, t.taken] for t in self.extra],
         }
 
     def load_state(self, state: dict) -> None:
@@ -387,6 +398,12 @@ class Trainer:
             raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
         self.history = list(state["history"])
+        positions = state.get("terms") or []
+        if len(positions) != len(self.extra):
+            raise CheckpointError(f"the checkpoint was written with {len(positions)} extra term(s), this run has "
+                                  f"{len(self.extra)}")
+        for term, (passes, taken) in zip(self.extra, positions):
+            term.seek(passes, taken)
 
 
 def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
