@@ -201,11 +201,11 @@ def cmd_compare(args):
     from . import plots, run
 
     cfg, vae, test = run.load_run(args.run_dir)
-    if getattr(vae, "num_classes", None) and not hasattr(vae, "classify"):
-        raise ConfigError(f"compare scores models of x alone (families vae, m2, 2layer); {args.run_dir} holds a "
-                          f"conditional VAE, whose model takes (x, y)")
     x = test.x[: args.test_size or None]
-    result = compare.compare_estimators(vae, x, max_k=args.max_k, seed=args.seed, gradient_draws=args.gradient_draws,
+    conditional = getattr(vae, "num_classes", None) and not hasattr(vae, "classify")  # model(x, y)
+    labels = test.labels[: args.test_size or None] if conditional else None
+    result = compare.compare_estimators(vae, x, labels=labels, max_k=args.max_k, seed=args.seed,
+                                        gradient_draws=args.gradient_draws,
                                         progress=not args.json)
     result["data"] = run.data_variant(cfg) + f" — first {len(x)} test points"
     write_text(args.run_dir / "compare.json", json.dumps(result, indent=2, ensure_ascii=False))

@@ -43,30 +43,35 @@ MIN_SD_POINTS = 64
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def _evaluate(fn: Callable, x: torch.Tensor, batch_size: int, bar) -> torch.Tensor:
-    """fn over x in batches: the per-datapoint values [N] (float64, CPU)."""
+def _evaluate(fn: Callable, data: tuple, n: int, batch_size: int, bar) -> torch.Tensor:
+    """fn over the first n rows of the model's arguments ``data`` in batches: the per-datapoint
+    values [n] (float64, CPU)."""
     out = []
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            out.append(fn(x[start:start + batch_size]).detach().to("cpu", torch.float64))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            out.append(fn(*(t[start:stop] for t in data)).detach().to("cpu", torch.float64))
             bar.update(1)
     return torch.cat(out)
 
 
 def _spec_rows(vae, particles, iw_samples):
     """(name, parameter name, parameter, fn) for every estimator; fn None when unavailable."""
-    specs = [("mc_elbo", "r", r, lambda xb, r=r: mc_elbo(vae.model, vae.guide, xb, num_particles=r)) for r in particles]
-    specs.append(("analytic_elbo", "r", 1, lambda xb: analytic_elbo(vae.model, vae.guide, xb)))
-    specs.append(("closed_form_elbo", "r", 1, lambda xb: closed_form_elbo(vae, xb)))
-    specs += [("iwae_bound", "k", k, lambda xb, k=k: iwae_bound(vae.model, vae.guide, xb, num_samples=k)) for k in iw_samples]
+    specs = [("mc_elbo", "r", r, lambda *a, r=r: mc_elbo(vae.model, vae.guide, *a, num_particles=r)) for r in particles]
+    specs.append(("analytic_elbo", "r", 1, lambda *a: analytic_elbo(vae.model, vae.guide, *a)))
+    specs.append(("closed_form_elbo", "r", 1, lambda *a: closed_form_elbo(vae, *a)))
+    specs += [("iwae_bound", "k", k, lambda *a, k=k: iwae_bound(vae.model, vae.guide, *a, num_samples=k))
+              for k in iw_samples]
     return specs
 
 
-def _closed_form_problem(vae, x) -> Optional[str]:
+def _closed_form_problem(vae, data: tuple) -> Optional[str]:
     """Why ``closed_form_elbo`` cannot run on this VAE (None when it can)."""
+    if len(data) > 1:
+        return "closed_form_elbo is written for the plain VAE, whose model takes x alone"
     try:
         with preserved_rng(), torch.no_grad():
-            closed_form_elbo(vae, x[:1])
+            closed_form_elbo(vae, data[0][:1])
     except ValueError as e:
         return str(e)
     return None
@@ -76,7 +81,7 @@ def _counts(name: str, values: Sequence[int]) -> List[int]:
     return sorted({checks.positive_int(name, v) for v in values})
 
 
-def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 10, 100),
+def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] = None, particles: Sequence[int] = (1, 10, 100),
                        iw_samples: Sequence[int] = (1, 10, 100, 1000, 5000), max_k: int = 5000,
                        batch_size: int = 128, sd_max_k: Optional[int] = 100, seed: Optional[int] = None,
                        common_random_numbers: bool = True, keep_values: bool = False,
@@ -84,8 +89,10 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     """Every estimator on the same data: a JSON-serialisable dict of plain floats and lists.
 
     Args:
-        vae: a :class:`pyrovae.VAE`.
+        vae: a :class:`pyrovae.VAE`, or another family whose ``model(x)`` takes x alone, or with
+            ``labels`` a conditional VAE (``model(x, y)``).
         x: data ``[N, *input_shape]``, processed ``batch_size`` datapoints at a time.
+        labels: ``[N]``, the second argument of a conditional VAE's model and guide.
         particles: the r of the ``mc_elbo`` rows.
         iw_samples: the k of the ``iwae_bound`` rows; those above ``max_k`` are left out (listed in
             ``iw_samples_left_out``).
@@ -109,7 +116,8 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     ``differences`` holds paired comparisons ``{"a", "b", "mean", "se"}`` of b − a datapoint by
     datapoint: every row against ``analytic_elbo r=1`` and each IWAE k against the next.
     """
-    vae.check_data(x)
+    data = (x,) if labels is None else (x, labels)
+    vae.check_data(*data)
     n = x.shape[0]
     if n == 0:
         raise InputError("x must hold at least one datapoint, got an empty batch")
@@ -123,7 +131,7 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
     if seed is not None:
         pyro.set_rng_seed(seed)
 
-    cf_problem = _closed_form_problem(vae, x)
+    cf_problem = _closed_form_problem(vae, data)
     specs = _spec_rows(vae, particles, ks)
     batches = math.ceil(n / batch_size)
     sd_points = {k: n if sd_max_k is None or k <= sd_max_k else
@@ -146,10 +154,10 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
             if common_random_numbers:
                 rng.restore()
             start = time.perf_counter()
-            a = _evaluate(fn, x, batch_size, bar)
+            a = _evaluate(fn, data, n, batch_size, bar)
             row["seconds"] = time.perf_counter() - start
             m = sd_points[p] if name == "iwae_bound" else n
-            b = _evaluate(fn, x[:m], batch_size, bar)
+            b = _evaluate(fn, data, m, batch_size, bar)
             values[row["label"]] = a
             row.update(mean=float(a.mean()), se=standard_error(a), sd_n=m,
                        estimator_sd=float(((a[:m] - b) ** 2 / 2).mean().sqrt()))
@@ -165,12 +173,13 @@ def compare_estimators(vae, x: torch.Tensor, *, particles: Sequence[int] = (1, 1
         "common_random_numbers": bool(common_random_numbers),
         "rows": rows,
         "differences": _differences(values, ks),
-        "analytic_sites": analytic_sites(vae.model, vae.guide, x[:batch_size]),
+        "analytic_sites": analytic_sites(vae.model, vae.guide, *(t[:batch_size] for t in data)),
         "iw_samples_left_out": [k for k in all_k if k > max_k],
         "gradient_variance": None,
     }
     if gradient_draws:
-        result["gradient_variance"] = gradient_variance(vae, x[:gradient_batch], num_draws=gradient_draws)
+        result["gradient_variance"] = gradient_variance(vae, *(t[:gradient_batch] for t in data),
+                                                        num_draws=gradient_draws)
     return result
 
 

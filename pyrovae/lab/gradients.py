@@ -108,18 +108,18 @@ def _setup(vae, name, baseline_beta):
         return Trace_ELBO(), vae.guide
     beta = baseline_beta if name == "score-baseline" else None
 
-    def guide(x):
+    def guide(*args):
         with NonReparam(beta):
-            return vae.guide(x)
+            return vae.guide(*args)
 
     return TraceGraph_ELBO(), guide
 
 
-def _draw(elbo, model, guide, x, params: List[torch.Tensor]) -> torch.Tensor:
+def _draw(elbo, model, guide, args: tuple, params: List[torch.Tensor]) -> torch.Tensor:
     """One draw of ∇ ELBO (the negative of the loss's gradient), flattened."""
     for p in params:
         p.grad = None
-    elbo.loss_and_grads(model, guide, x)
+    elbo.loss_and_grads(model, guide, *args)
     return torch.cat([(-p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                       for p in params])
 
@@ -129,7 +129,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else float("nan")
 
 
-def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str] = ESTIMATORS,
+def gradient_variance(vae, x, *labels, num_draws: int = 100, estimators: Sequence[str] = ESTIMATORS,
                       params: str = "encoder", warmup: int = 50, baseline_beta: float = 0.9,
                       seed=None, keep_means: bool = False) -> dict:
     """Spread of the ELBO's gradient estimators on a fixed batch ``x`` (one particle a draw).
@@ -137,6 +137,7 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
     Args:
         vae: a :class:`pyrovae.VAE` (any object with ``model``, ``guide``, ``encoder``, ``family``).
         x: a small batch ``[batch, *input_shape]``; the gradient is that of Σ_i ELBO(x_i).
+        labels: the labels ``[batch]`` of a conditional VAE's batch (its model is ``model(x, y)``).
         num_draws: gradient draws per estimator.
         estimators: any of ``"reparam"``, ``"score"``, ``"score-baseline"``.
         params: ``"encoder"`` (the encoder and the family's heads, φ), ``"decoder"`` or ``"all"``.
@@ -179,8 +180,8 @@ def gradient_variance(vae, x, *, num_draws: int = 100, estimators: Sequence[str]
                     pyro.set_rng_seed(seed)
                 elbo, guide = _setup(vae, name, baseline_beta)
                 for _ in range(warmup if name == "score-baseline" else 0):
-                    _draw(elbo, vae.model, guide, x, chosen)
-                draws[name] = torch.stack([_draw(elbo, vae.model, guide, x, chosen).detach()
+                    _draw(elbo, vae.model, guide, (x, *labels), chosen)
+                draws[name] = torch.stack([_draw(elbo, vae.model, guide, (x, *labels), chosen).detach()
                                            for _ in range(num_draws)]).double()
     finally:
         for p, g in saved.items():
