@@ -206,3 +206,15 @@ def test_an_extra_term_adds_its_own_scaled_elbo_to_each_step():
     assert loss == pytest.approx(expected.item(), rel=1e-6)
     pyrovae.train(model_a, guide, a, epochs=40, batch_size=60, lr=0.1, progress=False, extra=[extra])
     assert pyro.param("s").detach().sub(3 - a.mean(0)).abs().max() < 0.5   # m fits a, m + s fits b
+
+
+def test_training_a_pair_that_cannot_vectorize_falls_back_to_one_particle_at_a_time():
+    torch.manual_seed(0)
+    x = torch.randn(60, D)
+    mask = torch.zeros(60, D, dtype=torch.bool)
+    mask[:, :4] = True
+    pair = MaskedPair()
+    with pytest.warns(UserWarning, match="training runs them one at a time"):
+        rows = pyrovae.train(pair.model, pair.guide, (x, mask), epochs=3, batch_size=20, num_particles=4,
+                             lr=0.01, progress=False)
+    assert len(rows) == 3 and all(math.isfinite(r["train_elbo"]) for r in rows)

@@ -28,7 +28,7 @@ from ..errors import DataError, InputTypeError
 Call = Tuple[tuple, Dict[str, torch.Tensor]]
 
 
-def _as_split(value, name: str, dtype: Optional[torch.dtype]) -> DataSplit:
+def _as_split(value, name: str, dtype: Optional[torch.dtype], convert_bool: bool) -> DataSplit:
     if isinstance(value, torch.Tensor):
         if value.dim() < 1 or value.shape[0] == 0:
             raise DataError(f"{name} must be a non-empty tensor [N, ...], got shape {list(value.shape)}")
@@ -36,7 +36,8 @@ def _as_split(value, name: str, dtype: Optional[torch.dtype]) -> DataSplit:
     if not isinstance(value, DataSplit):
         raise InputTypeError(f"{name} must be a torch.Tensor or pyrovae.data.DataSplit (or a tuple or dict of "
                              f"them), got {type(value).__name__}")
-    if dtype is not None and value.x.dtype != dtype and (value.x.is_floating_point() or value.x.dtype == torch.bool):
+    if dtype is not None and value.x.dtype != dtype and (value.x.is_floating_point()
+                                                         or (convert_bool and value.x.dtype == torch.bool)):
         value = replace(value, x=value.x.to(dtype))
     return value
 
@@ -44,8 +45,9 @@ def _as_split(value, name: str, dtype: Optional[torch.dtype]) -> DataSplit:
 class ModelArguments:
     """The arguments of ``model(*args, **kwargs)`` for every datapoint, as aligned tensors.
 
-    ``dtype``: floating and boolean elements are converted to it (the model's parameters' dtype),
-    a lossless or harmless change; integer elements (labels) are left alone.
+    ``dtype``: floating elements are converted to it (the model's parameters' dtype), a lossless
+    or harmless change, and so is boolean data given alone (binary images); integer elements
+    (labels) and boolean ones beside others (masks) are left alone.
     """
 
     def __init__(self, data, name: str = "data", dtype: Optional[torch.dtype] = None):
@@ -59,7 +61,8 @@ class ModelArguments:
         if not values:
             raise DataError(f"{name} must hold at least one tensor, got an empty {type(data).__name__}")
         self.single = not isinstance(data, (tuple, dict))
-        self.splits = [_as_split(v, name if self.single else f"{name}[{k if k is not None else i!r}]", dtype)
+        self.splits = [_as_split(v, name if self.single else f"{name}[{k if k is not None else i!r}]", dtype,
+                                 convert_bool=self.single)
                        for i, (k, v) in enumerate(zip(self.keys, values))]
         sizes = {len(s) for s in self.splits}
         if len(sizes) > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -25,7 +26,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .. import checks
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, PyrovaeError, TrainingError
 from . import checkpoint as ckpt
 from .elbos import make_elbo
 from .estimators import elbo_parts
@@ -298,7 +299,7 @@ class Trainer:
         """
         kwargs = kwargs or {}
         with pyro.validation_enabled(self.validate or self.steps == 0):
-            loss = self.elbo.loss_and_grads(*self._scaled_pair(batch_size_of(args, kwargs)), *args, **kwargs)
+            loss = self._main_loss(args, kwargs)
             for term in self.extra:  # gradients add up in the parameters' .grad
                 t_args, t_kwargs = term.next_batch()
                 pair = self._scaled_pair(batch_size_of(t_args, t_kwargs), term)
@@ -310,6 +311,24 @@ class Trainer:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss / len(self.data)
+
+    def _main_loss(self, args, kwargs) -> float:
+        """The main pair's loss and gradients. A pair whose code cannot run particles vectorized
+        (shape-dependent indexing) fails its first step so; it then runs them one at a time (Pyro's
+        ``vectorize_particles=False``), with a warning."""
+        pair = self._scaled_pair(batch_size_of(args, kwargs))
+        try:
+            return self.elbo.loss_and_grads(*pair, *args, **kwargs)
+        except (RuntimeError, ValueError, IndexError) as e:
+            if self.steps or not getattr(self.elbo, "vectorize_particles", False) or isinstance(e, PyrovaeError):
+                raise
+            warnings.warn(f"the pair cannot run its particles vectorized ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); training runs them one at a time",
+                          stacklevel=3)
+            for p in self.params.values():
+                p.grad = None
+            self.elbo.vectorize_particles = False
+            return self.elbo.loss_and_grads(*pair, *args, **kwargs)
 
     def diverged(self, epoch: int, step, what: str):
         """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
