@@ -417,7 +417,9 @@ class Trainer:
             raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
         self.history = list(state["history"])
-        positions = state.get("terms") or []
+        positions = state.get("terms")
+        if positions is None:  # a checkpoint from before terms were recorded: they start afresh
+            positions = [[0, 0]] * len(self.extra)
         if len(positions) != len(self.extra):
             raise CheckpointError(f"the checkpoint was written with {len(positions)} extra term(s), this run has "
                                   f"{len(self.extra)}")
