@@ -13,13 +13,13 @@ from .errors import PyrovaeError
 from .inference import ELBOS, MeanField_ELBO, Term, estimators, train
 from .inference.estimators import (analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound,
                                    log_weights, mc_elbo)
-from .model import VAE, ConditionalVAE, SemiSupervisedVAE, TwoLayerVAE
+from .model import FAMILIES, VAE, ConditionalVAE, SemiSupervisedVAE, TwoLayerVAE
 from .registry import Registry
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "ConditionalVAE", "SemiSupervisedVAE", "TwoLayerVAE", "PRIORS", "LIKELIHOODS", "GUIDES", "NETS",
+    "VAE", "ConditionalVAE", "SemiSupervisedVAE", "TwoLayerVAE", "FAMILIES", "PRIORS", "LIKELIHOODS", "GUIDES", "NETS",
     "ELBOS", "DATASETS", "Registry", "Prior", "Likelihood",
     "VariationalFamily", "estimators", "mc_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo",
     "iwae_bound", "elbo_parts", "log_weights", "train", "Term", "MeanField_ELBO", "data", "PyrovaeError",
