@@ -202,8 +202,7 @@ def cmd_compare(args):
 
     cfg, vae, test = run.load_run(args.run_dir)
     x = test.x[: args.test_size or None]
-    conditional = getattr(vae, "num_classes", None) and not hasattr(vae, "classify")  # model(x, y)
-    labels = test.labels[: args.test_size or None] if conditional else None
+    labels = test.labels[: args.test_size or None] if vae.takes_labels else None
     result = compare.compare_estimators(vae, x, labels=labels, max_k=args.max_k, seed=args.seed,
                                         gradient_draws=args.gradient_draws,
                                         progress=not args.json)

@@ -31,7 +31,7 @@ from torchvision.utils import make_grid
 
 from ..errors import InputError
 from ..files import atomic_write
-from ..model import ConditionalVAE, SemiSupervisedVAE
+from ..model import ConditionalVAE
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -186,14 +186,9 @@ def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Pat
 # ----------------------------------------------------------------------------- image figures
 
 
-def _conditional(vae) -> bool:
-    """Whether the model's encoder and decoder take a label (a conditional VAE; M2 predicts its own)."""
-    return isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE)
-
-
 def _given(vae, labels, n: int) -> tuple:
     """The label argument of a conditional model's methods for the first n examples, else ()."""
-    if not _conditional(vae):
+    if not vae.takes_labels:
         return ()
     if labels is None:
         raise InputError("a conditional VAE's reconstructions and latent plots need the data's labels")

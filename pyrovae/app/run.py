@@ -132,7 +132,7 @@ def training_data(cfg: dict, model, train_split, test_split):
             extra.append(Term(model.classifier_model, model.classifier_guide, (labeled, labeled.labels),
                               elbo="trace", weight=cfg["train"]["classifier_weight"]))
         return unlabeled, test_split, extra
-    if isinstance(model, ConditionalVAE):
+    if model.takes_labels:
         return (train_split, train_split.labels), (test_split, test_split.labels), []
     return train_split, test_split, []
 
@@ -276,7 +276,7 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
     pyro.clear_param_store()
     vae = build_model(cfg, shape, metadata.get("num_classes")).to(device)
     probe = (torch.zeros(2, *shape, device=device),)
-    if isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE):
+    if vae.takes_labels:
         probe += (torch.zeros(2, dtype=torch.long, device=device),)
     with pyro.validation_enabled(False):
         params = pair_params(vae.model, vae.guide, *probe)
@@ -308,8 +308,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     pyro.set_rng_seed(seed)
     x = test.x[: test_size or None]
     y = None if test.labels is None else test.labels[: test_size or None]
-    conditional = isinstance(vae, ConditionalVAE) and not isinstance(vae, SemiSupervisedVAE)
-    args = (lambda i: (x[i:i + batch_size], y[i:i + batch_size])) if conditional else (lambda i: (x[i:i + batch_size],))
+    args = (lambda i: (x[i:i + batch_size], y[i:i + batch_size])) if vae.takes_labels else (lambda i: (x[i:i + batch_size],))
     fns = {"mc_elbo": lambda a: est.mc_elbo(vae.model, vae.guide, *a),
            "analytic_elbo": lambda a: est.analytic_elbo(vae.model, vae.guide, *a),
            f"iwae_bound(k={iw_samples})": lambda a: est.iwae_bound(vae.model, vae.guide, *a, num_samples=iw_samples)}

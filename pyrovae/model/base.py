@@ -47,6 +47,10 @@ class LatentVariableModel(nn.Module):
     takes more arguments than x (labels).
     """
 
+    #: True when model and guide need a label beside x (``model(x, y)``): a conditional VAE.
+    #: M2's y is optional (summed out when absent), so it does not.
+    takes_labels = False
+
     def __init__(self, input_shape, likelihood="bernoulli", likelihood_options=None,
                  num_data: Optional[int] = None):
         super().__init__()

@@ -56,6 +56,8 @@ class ConditionalVAE(LatentVariableModel):
             scaled by ``num_data / batch``.
     """
 
+    takes_labels = True
+
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dim: int, num_classes: int, *,
                  prior="normal", likelihood="bernoulli", guide="diagonal", hidden=(400,),
                  activation: Optional[str] = None, prior_options=None, likelihood_options=None,

@@ -57,6 +57,8 @@ class SemiSupervisedVAE(ConditionalVAE):
     y, where given, is an index ``[batch]`` or a one-hot ``[batch, K]``.
     """
 
+    takes_labels = False  # y is optional: summed out where it is not given
+
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dim: int, num_classes: int, *,
                  prior="normal", likelihood="bernoulli", guide="diagonal", hidden=(500,),
                  classifier_hidden: Optional[Sequence[int]] = None, activation: Optional[str] = None,
