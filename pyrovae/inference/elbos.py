@@ -29,7 +29,7 @@ from pyro.util import check_if_enumerated, check_site_shape, warn_if_nan
 
 from .. import checks
 from ..registry import Registry
-from .traces import kl_or_none, traces
+from .traces import PYRO_PARTICLES, kl_or_none, traces
 
 
 class MeanField_ELBO(ELBO):
@@ -125,7 +125,7 @@ def _particle_traces(elbo: MeanField_ELBO, model, guide, args, kwargs):
     if elbo.max_plate_nesting == float("inf"):
         _guess_max_plate_nesting(elbo, model, guide, args, kwargs)
     if elbo.num_particles > 1:
-        particles = pyro.plate("num_particles_vectorized", elbo.num_particles, dim=-elbo.max_plate_nesting)
+        particles = pyro.plate(PYRO_PARTICLES, elbo.num_particles, dim=-elbo.max_plate_nesting)
         model, guide = particles(model), particles(guide)
     yield elbo._get_trace(model, guide, args, kwargs)
 

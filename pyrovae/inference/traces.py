@@ -4,7 +4,7 @@ A model/guide pair is run the way Pyro's ELBOs run it: the guide is traced, then
 traced replaying the guide's draws (:func:`traces`). :func:`particle_traces` does the same with
 r draws vectorized in a plate left of every plate of the pair; :func:`enum_traces` also lets the
 sites marked for parallel enumeration take every value of their supports at once;
-:func:`plate_nesting` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
+:func:`nesting_of` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
 is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
 at a pair run it under :func:`preserved_rng`, so the random state — CPU and CUDA — is as it was
 afterwards.
@@ -19,8 +19,12 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import kl_divergence
 
-#: the name of the plate over vectorized particles
+#: the name of the plate over vectorized particles (pyrovae's estimators)
 PARTICLES = "_num_particles_vectorized"
+#: the name Pyro's ELBOs give theirs
+PYRO_PARTICLES = "num_particles_vectorized"
+#: both: plates over particles, never over the data
+PARTICLE_PLATES = (PYRO_PARTICLES, PARTICLES)
 
 
 def traces(model, guide, *args, **kwargs):
@@ -86,14 +90,8 @@ def dry_run(model, guide, *args, **kwargs):
 def nesting_of(pair_traces) -> int:
     """The number of batch dimensions the plates of a pair's traces use (as Pyro's ELBOs guess it)."""
     dims = [-f.dim for tr in pair_traces for s in sample_sites(tr).values()
-            for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
+            for f in s["cond_indep_stack"] if f.vectorized and f.name not in PARTICLE_PLATES]
     return max(dims, default=0)
-
-
-def plate_nesting(model, guide, *args, **kwargs) -> int:
-    """:func:`nesting_of` one dry run of the pair (the random state untouched, so a seed set before
-    an estimator gives the same draws as the same seed before one of Pyro's ELBOs)."""
-    return nesting_of(dry_run(model, guide, *args, **kwargs))
 
 
 def params_of(pair_traces) -> Dict[str, torch.Tensor]:

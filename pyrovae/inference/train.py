@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
@@ -28,17 +28,13 @@ from torch import nn
 from .. import checks
 from ..errors import CheckpointError, PyrovaeError, TrainingError
 from . import checkpoint as ckpt
+from .arguments import ModelArguments, batch_size_of
 from .elbos import make_elbo
 from .estimators import elbo_parts
-from .arguments import ModelArguments, batch_size_of
 from .pairs import check_pair_on
-from .traces import PARTICLES, nesting_of, params_of
+from .traces import PARTICLE_PLATES, nesting_of, params_of
 
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
-
-
-#: the plates Pyro's ELBOs and pyrovae's estimators put around a pair to vectorize particles
-PARTICLE_PLATES = ("num_particles_vectorized", PARTICLES)
 
 
 class ScaleData(Messenger):
@@ -179,6 +175,14 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
             p.copy_(saved[name])
 
 
+def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles: int):
+    """(the pair's ELBO, the parameters it registers), from one run on its first minibatch, in
+    which a mismatched pair is refused (:func:`pyrovae.inference.pairs.check_pair_on`)."""
+    args, kwargs = data.rows(0, batch_size)
+    traces = check_pair_on(*pair, *args, **kwargs)
+    return make_elbo(elbo, num_particles, nesting_of(traces)), params_of(traces)
+
+
 @dataclass
 class Term:
     """One more part of the objective, trained alongside the main pair in every step:
@@ -245,18 +249,13 @@ class Trainer:
         self.test = None if test_data is None else ModelArguments(test_data, "test_data", dtype).to(self.device)
         _check_data_once(model, self.data, self.test)
         self.batch_size = checks.positive_int("batch_size", batch_size)
-        args, kwargs = self.data.rows(0, self.batch_size)
         self.pair = (model, guide)
-        first = check_pair_on(model, guide, *args, **kwargs)  # a mismatched pair is refused here
-        self.elbo = make_elbo(elbo, num_particles, nesting_of(first))
-        self.params = params_of(first)
+        self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles)
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
-            t_args, t_kwargs = term.data.rows(0, term.batch_size)
-            traces = check_pair_on(*term.pair, *t_args, **t_kwargs)
-            term.elbo = make_elbo(term.elbo or elbo, num_particles, nesting_of(traces))
-            self.params.update(params_of(traces))
+            term.elbo, params = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo, num_particles)
+            self.params.update(params)
         self.lr = checks.positive_float("lr", lr)
         self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
         self.store_size = len(pyro.get_param_store())
