@@ -9,7 +9,6 @@ A run is never overwritten by accident: training into a directory that holds one
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import platform
@@ -126,7 +125,7 @@ def training_data(cfg: dict, model, train_split, test_split):
         idx = labeled_indices(train_split.labels, n, cfg["train"]["seed"])
         rest = torch.ones(len(train_split), dtype=torch.bool)
         rest[idx] = False
-        labeled, unlabeled = _rows(train_split, idx), _rows(train_split, rest.nonzero().squeeze(1))
+        labeled, unlabeled = train_split.select(idx), train_split.select(rest.nonzero().squeeze(1))
         extra = [Term(model.model, model.guide, (labeled, labeled.labels), elbo="trace")]
         if cfg["train"]["classifier_weight"] > 0:
             extra.append(Term(model.classifier_model, model.classifier_guide, (labeled, labeled.labels),
@@ -135,11 +134,6 @@ def training_data(cfg: dict, model, train_split, test_split):
     if model.takes_labels:
         return (train_split, train_split.labels), (test_split, test_split.labels), []
     return train_split, test_split, []
-
-
-def _rows(split, idx):
-    labels = None if split.labels is None else split.labels[idx.to(split.labels.device)]
-    return dataclasses.replace(split, x=split.x[idx.to(split.x.device)], labels=labels)
 
 
 def write_metrics(path: Path, history) -> None:

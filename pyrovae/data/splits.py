@@ -67,6 +67,11 @@ class DataSplit:
         labels = None if self.labels is None else self.labels.to(device)
         return replace(self, x=self.x.to(device), labels=labels)
 
+    def select(self, idx: Tensor) -> "DataSplit":
+        """A copy holding the datapoints ``idx`` (indices on any device) of ``x`` and ``labels``."""
+        labels = None if self.labels is None else self.labels[idx.to(self.labels.device)]
+        return replace(self, x=self.x[idx.to(self.device)], labels=labels)
+
     def epoch(self, epoch: int) -> Tensor:
         """The data ``[N, *shape]`` for ``epoch``: for ``"dynamic"`` a fresh Bernoulli draw
         seeded by ``(seed, epoch)`` (so resumed runs repeat it), else the stored ``x``."""
