@@ -64,7 +64,7 @@ from pyrovae.inference.checkpoint import load_training
 TEMPORARY = ".*.tmp"
 PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 #: ignored when a finished run is compared with the uninterrupted one: wall-clock times
-TIMES = ("seconds", "train_seconds_this_session")
+TIMES = ("seconds", "samples_per_second", "train_seconds_this_session")
 
 
 def config_overrides(epochs: int) -> List[str]:

@@ -1,39 +1,56 @@
 """Training throughput: pyrovae.train against a hand-written PyTorch loop of the same VAE.
 
-Both run in this one process on the same MNIST tensor (dynamically binarized, re-drawn each
+Everything runs in this one process on the same MNIST tensor (dynamically binarized, re-drawn each
 epoch), with the network of Pyro's VAE tutorial: 784-400-50, softplus, Bernoulli likelihood,
-diagonal Gaussian guide, Adam, batch 256. The hand-written loop computes the same objective:
+diagonal Gaussian guide, Adam. Two pairs go through ``pyrovae.train``'s trainer:
+
+* ``builtin``: ``pyrovae.VAE((28, 28), 50, hidden=(400,))``, σ = softplus(·) + 1e-5;
+* ``user``: a model/guide pair written by a user as in Pyro's VAE tutorial (:class:`TutorialVAE`:
+  its own ``Encoder``/``Decoder`` modules, ``pyro.module``, ``pyro.plate("data", B)``,
+  ``dist.Normal(0, 1)`` prior of shape [B, 50], σ = exp(·), ``dist.Bernoulli(logits=...)``).
+
+Each is raced against a hand-written loop of its own network computing the same objective:
 
 * ``mean-field``: −ELBO = BCE(x, f(z)) + ½ Σ(μ² + σ² − log σ² − 1)   (TraceMeanField_ELBO)
 * ``trace``:      −ELBO = BCE(x, f(z)) + log q(z|x) − log p(z), z sampled  (Trace_ELBO)
 
 The hand-written loop runs twice, with ``torch.optim.Adam`` as a user writes it (the issue's
 baseline) and with the fused Adam that pyrovae.train uses (the same optimizer: the ratio
-then measures the Pyro model/guide and SVI against plain PyTorch alone). All three are timed in
-alternation (``--repeats`` rounds of one epoch each) and the median samples per second of each
-is reported with the ratios — the machine is shared and noisy, so only ratios measured side by
-side mean anything. Each round starts one loop later, so that no loop always follows the same one.
+then measures the Pyro model/guide and SVI against plain PyTorch alone). The pyrovae trainer
+updates a tqdm progress bar (written to /dev/null) every step as ``pyrovae.train`` does. All three
+are timed in alternation (``--repeats`` rounds of one epoch each, after a warm-up round) and the
+median samples per second of each is reported with the ratios — the machine is shared and noisy,
+so only ratios measured side by side mean anything. Each round starts one loop later, so that no
+loop always follows the same one.
 
     python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
+        [--batch 256 [20 100 ...]] [--pair builtin user] [--objective mean-field trace] [--quick]
+
+``--quick`` (≈ 1–3 minutes on a loaded 2-core machine): 4,000 images, 5 rounds, mean-field,
+batches 20, 100 and 256, both pairs.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
+from tqdm.auto import tqdm
 
 import pyrovae
 from pyrovae.data import load_dataset
 from pyrovae.inference.train import Trainer
 
-LATENT, HIDDEN, BATCH = 50, 400, 256
+LATENT, HIDDEN = 50, 400
 
 
 class HandWrittenVAE(nn.Module):
@@ -45,12 +62,19 @@ class HandWrittenVAE(nn.Module):
         self.loc, self.scale = nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
         self.dec = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.Softplus(), nn.Linear(HIDDEN, 784))
 
+    def posterior(self, x):
+        """(μ, σ) of q(z|x), each [B, 50]."""
+        h = self.enc(x.flatten(1))
+        return self.loc(h), F.softplus(self.scale(h)) + 1e-5
+
+    def logits(self, z):
+        return self.dec(z)
+
     def loss(self, x, objective: str):
         x = x.flatten(1)
-        h = self.enc(x)
-        mu, sigma = self.loc(h), F.softplus(self.scale(h)) + 1e-5
+        mu, sigma = self.posterior(x)
         z = mu + sigma * torch.randn_like(mu)
-        bce = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="sum")
+        bce = F.binary_cross_entropy_with_logits(self.logits(z), x, reduction="sum")
         if objective == "mean-field":
             kl = 0.5 * (mu ** 2 + sigma ** 2 - torch.log(sigma ** 2) - 1).sum()
         else:  # log q(z|x) − log p(z) at the sampled z, as a PyTorch user writes it
@@ -58,28 +82,93 @@ class HandWrittenVAE(nn.Module):
         return bce + kl
 
 
-def hand_written_epoch(vae, opt, data, epoch, objective):
-    for xb in data.batches(BATCH, epoch=epoch):
+class Encoder(nn.Module):
+    """q(z|x) of Pyro's VAE tutorial: h = softplus(W1 x), μ = W21 h, σ = exp(W22 h); x [B, 784] → [B, 50] twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, HIDDEN), nn.Linear(HIDDEN, LATENT), nn.Linear(HIDDEN, LATENT)
+        self.softplus = nn.Softplus()
+
+    def forward(self, x):
+        hidden = self.softplus(self.fc1(x.reshape(-1, 784)))
+        return self.fc21(hidden), torch.exp(self.fc22(hidden))
+
+
+class Decoder(nn.Module):
+    """p(x|z) of Pyro's VAE tutorial, as logits: softplus(W1 z) → W21 h; z [B, 50] → [B, 784]."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21 = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, 784)
+        self.softplus = nn.Softplus()
+
+    def forward(self, z):
+        return self.fc21(self.softplus(self.fc1(z)))
+
+
+class TutorialVAE(nn.Module):
+    """A user's pair in the style of Pyro's VAE tutorial (the Bernoulli given by logits, as the
+    README's hand-written pair does; the hand-written loop then computes the same BCE)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = Encoder(), Decoder()
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], LATENT)))
+            z_scale = x.new_ones(torch.Size((x.shape[0], LATENT)))
+            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+            logits = self.decoder(z)
+            pyro.sample("obs", dist.Bernoulli(logits=logits, validate_args=False).to_event(1),
+                        obs=x.reshape(-1, 784))
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_scale = self.encoder(x)
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+    # the same network, as the hand-written loop uses it
+    def posterior(self, x):
+        return self.encoder(x)
+
+    def logits(self, z):
+        return self.decoder(z)
+
+    loss = HandWrittenVAE.loss
+
+
+def hand_written_epoch(vae, opt, data, epoch, objective, batch):
+    for xb in data.batches(batch, epoch=epoch):
         loss = vae.loss(xb, objective) * (len(data) / xb.shape[0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
 
-def hand_written(data, objective, fused: bool):
+def hand_written(network, data, objective, batch, fused: bool):
     """An epoch function of the hand-written loop with its own network and Adam."""
-    vae = HandWrittenVAE()
+    vae = network()
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused or None)
-    return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective)
+    return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective, batch)
 
 
-def pyrovae_trainer(data, objective) -> Trainer:
+def pyrovae_trainer(pair, data, objective, batch) -> Trainer:
     """pyrovae's trainer of the same VAE, with its own parameters (a fresh param store)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,))
-    return Trainer(vae.model, vae.guide, data, batch_size=BATCH, lr=1e-3, elbo=objective, num_particles=1,
+    vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,)) if pair == "builtin" else TutorialVAE()
+    return Trainer(vae.model, vae.guide, data, batch_size=batch, lr=1e-3, elbo=objective, num_particles=1,
                    test_data=None, device="cpu")
+
+
+def with_bar(trainer: Trainer, sink):
+    """The trainer's epoch function, updating a progress bar every step as pyrovae.train does."""
+    bar = tqdm(total=10 ** 9, unit="step", desc="train", file=sink, mininterval=0.1)
+    return lambda epoch: trainer.run_epoch(epoch, bar)
 
 
 def alternate(runs: dict, n_images: int, repeats: int) -> dict:
@@ -97,10 +186,14 @@ def alternate(runs: dict, n_images: int, repeats: int) -> dict:
     return {name: tuple(statistics.median(v) for v in pair) for name, pair in rates.items()}
 
 
-def measure(objective, data, repeats):
-    runs = {"pyrovae.train": pyrovae_trainer(data, objective).run_epoch,
-            "hand-written": hand_written(data, objective, fused=False),
-            "hand, fused Adam": hand_written(data, objective, fused=True)}
+NAMES = ("pyrovae.train", "hand-written", "hand, fused Adam")
+
+
+def measure(pair, objective, batch, data, repeats, sink):
+    network = HandWrittenVAE if pair == "builtin" else TutorialVAE
+    runs = {NAMES[0]: with_bar(pyrovae_trainer(pair, data, objective, batch), sink),
+            NAMES[1]: hand_written(network, data, objective, batch, fused=False),
+            NAMES[2]: hand_written(network, data, objective, batch, fused=True)}
     return alternate(runs, len(data), repeats)
 
 
@@ -109,20 +202,34 @@ def main():
     p.add_argument("--subset", type=int, default=20000, help="training images per epoch")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--batch", type=int, nargs="+", default=[256], help="minibatch sizes")
+    p.add_argument("--pair", nargs="+", choices=("builtin", "user"), default=["builtin"])
+    p.add_argument("--objective", nargs="+", choices=("mean-field", "trace"), default=["mean-field", "trace"])
+    p.add_argument("--quick", action="store_true", help="--subset 4000 --repeats 5 --objective mean-field "
+                   "--batch 20 100 256 --pair builtin user (each unless given)")
     args = p.parse_args()
+    if args.quick:
+        given = {a.split("=")[0] for a in sys.argv[1:]}
+        quick = {"--subset": ("subset", 4000), "--repeats": ("repeats", 5), "--objective": ("objective", ["mean-field"]),
+                 "--batch": ("batch", [20, 100, 256]), "--pair": ("pair", ["builtin", "user"])}
+        for flag, (attr, value) in quick.items():
+            if flag not in given:
+                setattr(args, attr, value)
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
-          f"pyro {pyro.__version__}; {args.subset} MNIST images (dynamic binarization), batch {BATCH}, "
-          f"median of {args.repeats} alternating epochs")
-    names = ("pyrovae.train", "hand-written", "hand, fused Adam")
-    print(f"{'objective':<12}" + "".join(f"{n:>18}" for n in names) + f"{'ratio':>8}{'ratio (fused)':>15}"
-          f"{'CPU-time ratios':>18}")
-    for objective in ("mean-field", "trace"):
-        r = measure(objective, data, args.repeats)
-        ratios = [r[names[0]][k] / r[n][k] for k in (0, 1) for n in names[1:]]
-        print(f"{objective:<12}" + "".join(f"{r[n][0]:>14.0f} x/s" for n in names) +
-              f"{ratios[0]:>8.3f}{ratios[1]:>15.3f}{ratios[2]:>10.3f}, {ratios[3]:.3f}")
+          f"pyro {pyro.__version__}; {args.subset} MNIST images (dynamic binarization), median of "
+          f"{args.repeats} alternating epochs; samples per second (wall clock)")
+    print(f"{'pair':<8}{'batch':>6} {'objective':<11}" + "".join(f"{n:>18}" for n in NAMES) +
+          f"{'ratio':>8}{'ratio (fused)':>15}{'CPU-time ratios':>18}", flush=True)
+    with open(os.devnull, "w") as sink:
+        for pair in args.pair:
+            for batch in args.batch:
+                for objective in args.objective:
+                    r = measure(pair, objective, batch, data, args.repeats, sink)
+                    ratios = [r[NAMES[0]][k] / r[n][k] for k in (0, 1) for n in NAMES[1:]]
+                    print(f"{pair:<8}{batch:>6} {objective:<11}" + "".join(f"{r[n][0]:>14.0f} x/s" for n in NAMES) +
+                          f"{ratios[0]:>8.3f}{ratios[1]:>15.3f}{ratios[2]:>10.3f}, {ratios[3]:.3f}", flush=True)
 
 
 if __name__ == "__main__":

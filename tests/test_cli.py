@@ -32,7 +32,8 @@ def test_train_writes_the_run_dir(mnist_run):
         if name.endswith(".png"):
             png_pixels(mnist_run / name)
     rows = list(csv.DictReader(open(mnist_run / "metrics.csv")))
-    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds", "lr",
+                             "samples_per_second"]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["test_elbo"]) > float(rows[0]["test_elbo"])           # the ELBO improves
     assert -400 < float(rows[1]["test_elbo"]) < -100                          # nats per image, a log-probability

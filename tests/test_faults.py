@@ -50,13 +50,13 @@ def test_resume_completes_a_run_killed_after_its_last_checkpoint(tmp_path, refer
     plots too): the checkpoint holds every epoch, and ``--resume`` must still complete the run dir."""
     kill_before_the_last_metrics = (
         "import os, signal\n"
-        "import pyrovae.app.run as run\n"
-        "write_metrics = run.write_metrics\n"
+        "import pyrovae.app.logs as logs\n"
+        "write_metrics = logs.write_metrics\n"
         "def killed_before_the_last(path, history):\n"
         f"    if len(history) == {EPOCHS}:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    write_metrics(path, history)\n"
-        "run.write_metrics = killed_before_the_last\n")
+        "logs.write_metrics = killed_before_the_last\n")
     run_dir, log = tmp_path / "run", tmp_path / "train.log"
     proc = kill_resume.launch(run_dir, kill_resume.config_overrides(EPOCHS), log, prelude=kill_before_the_last_metrics)
     assert proc.wait(timeout=600) == -signal.SIGKILL, kill_resume.tail(log)

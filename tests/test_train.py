@@ -54,7 +54,9 @@ def test_history_rows_and_minibatch_scaling():
     model, guide = linear_gaussian_pair(3, 1)
     rows = train(model, guide, x, epochs=2, batch_size=64, test_data=x[:50], progress=False)
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds", "lr",
+                            "samples_per_second"}
+    assert rows[0]["lr"] == rows[1]["lr"] == 1e-3  # the default: constant
     for r in rows:
         assert r["test_elbo"] == pytest.approx(r["reconstruction"] - r["kl"], rel=1e-5)
         # per datapoint: a 3-D standard-ish Gaussian scores a few nats, not hundreds (scale undone)
@@ -77,7 +79,7 @@ def test_resume_continues_exactly(tmp_path):
     straight, vae_a = small_vae_run(tmp_path / "a", 4)
     small_vae_run(tmp_path / "b", 2)
     resumed, vae_b = small_vae_run(tmp_path / "b", 4, resume=True)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_second")} for r in h]
     assert strip(resumed) == strip(straight)
     for p, q in zip(vae_a.parameters(), vae_b.parameters()):
         assert torch.equal(p, q)
@@ -241,12 +243,15 @@ def test_kl_warmup_in_training():
 
 
 def test_fused_adam_takes_adams_steps():
-    """make_adam's optimizer (fused on CPU) moves parameters as torch's reference Adam does."""
-    from pyrovae.inference.train import make_adam
+    """The trainer's Adam (fused on CPU; β1, β2, ε settable) moves parameters as torch's reference Adam does."""
+    from pyrovae.inference.optim import OptimizerSettings
+    settings = OptimizerSettings(lr=0.01, betas=(0.5, 0.9), eps=1e-4)
+    make_adam = lambda p, lr: settings.adam(p)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     start, grads = torch.randn(5, 3, generator=g), [torch.randn(5, 3, generator=g) for _ in range(4)]
     params = {}
-    for name, opt_fn in (("fused", make_adam), ("reference", lambda p, lr: torch.optim.Adam(p, lr=lr))):
+    reference = lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.9), eps=1e-4)  # noqa: E731
+    for name, opt_fn in (("fused", make_adam), ("reference", reference)):
         p = start.clone().requires_grad_()
         opt = opt_fn([p], 0.01)
         for grad in grads:
@@ -267,8 +272,48 @@ def test_trainer_reuses_its_scaled_pair():
     assert trainer._scaled_pair(full) is trainer._scaled_pair(64)
     assert trainer._scaled_pair(last) is not trainer._scaled_pair(full)
     trainer.beta = 0.5
-    assert trainer._scaled_pair(full) is not trainer._pairs[(id(None), 64, 1.0)]
+    assert trainer._scaled_pair(full) is not trainer._pairs[(id(None), 64, 1.0, True)]
     assert len(trainer._pairs) == 3
+
+
+def test_pyros_renyi_elbo_puts_a_minibatch_scale_inside_its_log_mean_exp():
+    """Why the trainer scales the IWAE bound outside the ELBO: under poutine.scale(s) Pyro's
+    RenyiELBO(alpha=0) is log 1/k Σ_j w_j^s, not s · log 1/k Σ_j w_j (about s · max_j log w_j)."""
+    model, guide = linear_gaussian_pair(3, 1)
+    x, s = torch.randn(40, 3), 600.0
+    elbo = pyro.infer.RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+    losses = {}
+    for name, scale in (("unscaled", 1.0), ("scaled", s)):
+        pyro.set_rng_seed(3)
+        losses[name] = elbo.loss(poutine.scale(model, scale), poutine.scale(guide, scale), x)
+    assert abs(losses["scaled"] - s * losses["unscaled"]) > 1.0  # nats: a different objective
+
+
+@pytest.mark.parametrize("gradient", ["standard", "dreg"])
+def test_iwae_minibatch_is_scaled_outside_the_bound(gradient):
+    """A training step's IWAE loss and gradient are N/B × those of the minibatch's bound (same draws)."""
+    from pyrovae.inference.elbos import make_elbo
+    from pyrovae.inference.train import Trainer
+    pyro.clear_param_store()
+    model, guide = linear_gaussian_pair(3, 1)
+    x = torch.randn(120, 3)
+    trainer = Trainer(model, guide, x, batch_size=40, lr=1e-3, elbo="iwae", num_particles=5, test_data=None,
+                      device="cpu", gradient=gradient)
+    seen = {}
+    trainer.optimizer.register_step_pre_hook(lambda opt, *_: seen.update(
+        {name: p.grad.clone() for name, p in trainer.params.items()}))
+    pyro.set_rng_seed(7)
+    loss = trainer.step((x[:40],)) * len(x)  # step returns the loss per datapoint
+    assert seen, "the optimizer took no step"
+    pyro.clear_param_store()  # the same initial parameters again (the pair's init is deterministic)
+    model, guide = linear_gaussian_pair(3, 1)
+    reference = make_elbo("iwae", 5, 1, gradient=gradient)
+    pyro.set_rng_seed(7)
+    with pyro.validation_enabled(True):  # as the trainer's first step
+        expected = reference.loss_and_grads(model, guide, x[:40])
+    assert loss == pytest.approx(3 * expected, rel=1e-6)  # N/B = 3
+    for name, p in pyro.get_param_store().named_parameters():
+        torch.testing.assert_close(seen[name], 3 * p.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad, match", [(float("nan"), "x must be finite, got 1 NaN/Inf"),

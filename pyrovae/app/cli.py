@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
 def cmd_train(args):
     import os
 
-    from . import config, run
+    from ..inference import distributed
+    from . import config
 
     if args.data_dir:
         os.environ["PYROVAE_DATA_DIR"] = args.data_dir
@@ -109,16 +110,34 @@ def cmd_train(args):
     if args.resume and args.force:
         raise ConfigError("--resume continues the run and --force replaces it: give one of them")
     cfg = config.load(args.config, args.overrides)
-    run.prepare_run_dir(args.out, resume=args.resume, force=args.force)
+    distributed.init_from_env(cfg["train"]["device"])  # under torchrun: join the other ranks
+    try:
+        _train(args, cfg)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, cfg):
+    """``pyrovae train`` once the config is read; with several ranks, rank 0 prepares the run dir and prints."""
+    from ..inference import distributed
+    from . import run
+
+    if distributed.is_main():
+        run.prepare_run_dir(args.out, resume=args.resume, force=args.force)
+    distributed.barrier()
     if args.resume:
         cfg = run.saved_config(args.out, args.overrides)
         done = run.epochs_done(args.out)
         if done >= cfg["train"]["epochs"]:
-            print(f"pyrovae: {args.out} has already trained {done} epoch(s) (train.epochs = {cfg['train']['epochs']}): "
-                  f"nothing to do; --set train.epochs=N with N > {done} continues it", file=sys.stderr)
+            if distributed.is_main():
+                print(f"pyrovae: {args.out} has already trained {done} epoch(s) (train.epochs = "
+                      f"{cfg['train']['epochs']}): nothing to do; --set train.epochs=N with N > {done} continues it",
+                      file=sys.stderr)
             run.train_run(cfg, args.out, resume=True, progress=False, write_config=False)  # completes its files
             return
     summary = run.train_run(cfg, args.out, resume=args.resume, progress=True)
+    if not distributed.is_main():
+        return
     final = summary["final"]
     print(f"{summary['data']}: epoch {final['epoch']}, train ELBO {final['train_elbo']:.2f}, "
           f"test ELBO {final['test_elbo']:.2f} nats per datapoint → {args.out}")
@@ -135,8 +154,10 @@ def cmd_evaluate(args):
         print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
     else:
         print(f"{result['data']}, n = {result['n']} ({result['units']}), seed {result['seed']}")
+        bits = result.get("bits_per_dim", {})  # 8-bit likelihoods: the same in bits per dimension
         for name, v in result["estimators"].items():
-            print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}")
+            in_bits = f"   {bits[name]['mean']:.4f} ± {bits[name]['se']:.4f} bits/dim" if name in bits else ""
+            print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}{in_bits}")
         if "accuracy" in result:
             print(f"  {'test accuracy':<24} {result['accuracy']['mean']:10.4f} ± {result['accuracy']['se']:.4f} "
                   f"(classification error {100 * (1 - result['accuracy']['mean']):.2f}%)")

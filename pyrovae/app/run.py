@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,18 +22,21 @@ from typing import Optional
 import pyro
 import torch
 
-from ..data import is_image_dataset, load_dataset
+from ..data import OPTION_DEFAULTS, is_image_dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, InputError
-from ..files import atomic_write, write_text
+from ..files import write_text
 from ..inference import checkpoint as ckpt
+from ..inference import distributed
 from ..inference import estimators as est
-from ..inference.traces import pair_params
+from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
-from ..lab.report import mean_se
+from ..lab.report import bits_per_dim_summary, mean_se
 from ..model import FAMILIES, ConditionalVAE, SemiSupervisedVAE
 from . import config as cfgmod
+from . import logs
 
-METRIC_COLUMNS = ["epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "seconds"]
+#: metrics.csv's writer, now :func:`pyrovae.app.logs.write_metrics` (the ``csv`` logger), also here by its old name
+write_metrics = logs.write_metrics
 #: what a run writes: a directory holding the first two holds a run; --force removes them all
 RUN_FILES = ("checkpoint.pt", "config.toml", "metrics.csv", "summary.json", "evaluation.json", "compare.json",
              "compare.png", "curves.png", "reconstructions.png", "samples.png", "manifold.png", "latent.png",
@@ -55,10 +60,11 @@ def data_variant(cfg: dict) -> str:
 
 
 def load_data(cfg: dict, device="cpu"):
-    """(train, test) DataSplits as the config's [data] section describes."""
+    """(train, test) DataSplits (or StreamingSplits) as the config's [data] section describes."""
     d = cfg["data"]
     binarize = _binarize(cfg)
-    common = dict(data_dir=d["data_dir"] or None, binarize=binarize, seed=cfg["train"]["seed"], device=device)
+    common = dict(data_dir=d["data_dir"] or None, binarize=binarize, seed=cfg["train"]["seed"], device=device,
+                  in_memory=d["in_memory"], workers=d["workers"], **{k: d[k] for k in OPTION_DEFAULTS})
     train_split = load_dataset(d["dataset"], "train", subset=d["subset"], **common)
     test_split = load_dataset(d["dataset"], "test", subset=d["test_subset"], **common)
     return train_split, test_split
@@ -136,14 +142,6 @@ def training_data(cfg: dict, model, train_split, test_split):
     return train_split, test_split, []
 
 
-def write_metrics(path: Path, history) -> None:
-    """metrics.csv: one row per epoch, the columns of ``METRIC_COLUMNS`` (6 significant digits)."""
-    with atomic_write(path, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(METRIC_COLUMNS)
-        writer.writerows([row[c] if c == "epoch" else f"{row[c]:.6g}" for c in METRIC_COLUMNS] for row in history)
-
-
 def read_metrics(path: Path):
     with open(path) as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -195,11 +193,16 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
 
     Whatever the checkpoint holds, metrics.csv, summary.json and the plots are (re)written from
     it: resuming a run killed after its last checkpoint completes its folder.
+
+    Under torchrun (a process group, :mod:`pyrovae.inference.distributed`) every rank trains its
+    shard; rank 0 alone writes the run dir's files, and every rank returns the summary.
     """
     out = Path(out)
-    if write_config:
-        write_text(out / "config.toml", cfgmod.dumps(cfg))
+    main = distributed.is_main()
     t = cfg["train"]
+    logs.check_installed(t["log"])  # before anything is written
+    if write_config and main:
+        write_text(out / "config.toml", cfgmod.dumps(cfg))
     device = resolve_device(t["device"])
     train_split, test_split = load_data(cfg, device)
     pyro.clear_param_store()
@@ -207,25 +210,31 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     classes = num_classes(cfg, train_split)
     vae = build_model(cfg, train_split.shape, classes)
     data, test_data, extra = training_data(cfg, vae, train_split, test_split)
+    loggers = logs.build_loggers(t["log"], out, config=cfg, images=_image_hook(vae, test_split)) if main else []
     start = time.perf_counter()
     history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
-                    test_data=test_data, device=str(device), extra=extra,
+                    test_data=test_data, device=str(device), extra=extra, gradient=t["gradient"],
+                    lr_schedule=t["lr_schedule"], lr_schedule_options=t["lr_schedule_options"],
+                    betas=(t["adam_beta1"], t["adam_beta2"]), eps=t["adam_eps"], clip_norm=t["clip_norm"] or None,
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape), "num_classes": classes},
-                    callback=lambda h: write_metrics(out / "metrics.csv", h))
-    write_metrics(out / "metrics.csv", history)
+                    callbacks=loggers, precision=t["precision"])
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
         "model": vae.describe(), "parameters": sum(p.numel() for p in vae.parameters()),
         "epochs": len(history), "final": history[-1], "train_seconds_this_session": time.perf_counter() - start,
         "device": str(device), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "processes": distributed.world_size(), "precision": t["precision"],
         "versions": {"torch": torch.__version__, "pyro": pyro.__version__},
         "units": "nats per datapoint (log-probabilities)",
         "warnings": [w for w in [collapse_warning(history[-1]["kl"])] if w],
     }
-    write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
-    _plot_run(vae, out, test_split, history)
+    if main:
+        write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+        _plot_run(vae, out, test_split, history)
+        logs.log_outputs(loggers, [out / name for name in RUN_FILES[1:] if (out / name).is_file()])
+    distributed.barrier()
     return summary
 
 
@@ -243,6 +252,12 @@ def collapse_warning(kl: float) -> Optional[str]:
             f"epochs or another activation (tanh networks collapse with the VampPrior, see BENCHMARKS.md)")
 
 
+def _image_hook(vae, test_split):
+    """The TensorBoard writer's images each epoch (:func:`logs.image_grids` of 8 test points)."""
+    labels = None if test_split.labels is None else test_split.labels[:8]
+    return lambda state: logs.image_grids(vae, test_split.x[:8], labels)
+
+
 def _plot_run(vae, out, test_split, history):
     from .plots import plot_all
 
@@ -253,8 +268,9 @@ def _plot_run(vae, out, test_split, history):
 
 
 def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
-    """(config, trained VAE, test DataSplit) of a run dir; with ``data=False`` no data file is
-    read (the test split is None) where the checkpoint records the data's shape."""
+    """(config, trained VAE on ``device``, test DataSplit on the CPU) of a run dir; with ``data=False``
+    no data file is read (the test split is None) where the checkpoint records the data's shape.
+    The test set stays on the CPU: evaluation moves one chunk at a time to the device."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
@@ -265,7 +281,7 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
     device = resolve_device(device)
     metadata = state.get("metadata") or {}
     shape = metadata.get("input_shape")
-    test_split = load_data(cfg, device)[1] if data or shape is None else None
+    test_split = load_data(cfg, "cpu")[1] if data or shape is None else None
     shape = tuple(shape or test_split.shape)
     pyro.clear_param_store()
     vae = build_model(cfg, shape, metadata.get("num_classes")).to(device)
@@ -287,7 +303,9 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
 
     Per datapoint, in nats: ``mc_elbo`` (r = 1), ``analytic_elbo`` (r = 1), ``closed_form_elbo``
     (where the VAE has one) and ``iwae_bound`` with ``iw_samples`` samples — the standard
-    importance-sampled log-likelihood estimate for k = 5000. Each as mean ± standard error.
+    importance-sampled log-likelihood estimate for k = 5000. Each as mean ± standard error; for an
+    8-bit likelihood (``likelihood.eight_bit``: the discretized logistic) also in bits per
+    dimension, ``result["bits_per_dim"]`` (−log p(x)/(D ln 2), no correction: a probability).
     The draws are seeded by ``seed``: the same seed gives the same numbers. Returns the result;
     :func:`write_evaluation` saves it.
     """
@@ -302,7 +320,10 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     pyro.set_rng_seed(seed)
     x = test.x[: test_size or None]
     y = None if test.labels is None else test.labels[: test_size or None]
-    args = (lambda i: (x[i:i + batch_size], y[i:i + batch_size])) if vae.takes_labels else (lambda i: (x[i:i + batch_size],))
+    on = next(vae.parameters()).device  # the test set stays on the CPU: each chunk goes to the device
+
+    def args(i):
+        return tuple(t[i:i + batch_size].to(on) for t in ((x, y) if vae.takes_labels else (x,)))
     fns = {"mc_elbo": lambda a: est.mc_elbo(vae.model, vae.guide, *a),
            "analytic_elbo": lambda a: est.analytic_elbo(vae.model, vae.guide, *a),
            f"iwae_bound(k={iw_samples})": lambda a: est.iwae_bound(vae.model, vae.guide, *a, num_samples=iw_samples)}
@@ -315,26 +336,56 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     except InputError as e:
         closed_form_note = str(e)
     values = {name: [] for name in fns}
+    iwae_name = f"iwae_bound(k={iw_samples})"
     batches = range(0, len(x), batch_size)
     if progress:
         from tqdm.auto import tqdm
+        seconds = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
+                                   iw_samples, len(batches))
+        print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(seconds)} (timed on a "
+              f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
         batches = tqdm(batches, desc="evaluate", unit="batch")
     with torch.no_grad():
         for i in batches:
             for name, fn in fns.items():
                 values[name].append(fn(args(i)).cpu())
+            if progress:
+                running = mean_se(torch.cat(values[iwae_name]))
+                batches.set_postfix_str(f"log p(x) ≥ {running['mean']:.2f} ± {running['se']:.2f}")
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()}}
+    if vae.likelihood.eight_bit:  # a probability of 8-bit values: also in bits per dimension
+        dims = math.prod(vae.input_shape)
+        result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}
     if isinstance(vae, SemiSupervisedVAE) and y is not None:
         with torch.no_grad():
-            correct = torch.cat([(vae.predict(x[i:i + batch_size]) == y[i:i + batch_size]).double().cpu()
+            correct = torch.cat([(vae.predict(x[i:i + batch_size].to(on)).cpu() == y[i:i + batch_size]).double()
                                  for i in range(0, len(x), batch_size)])
         result["accuracy"] = mean_se(correct)
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
     result["seed"] = seed
     return result
+
+
+def estimate_seconds(score, k: int, batches: int, probe: int = 250) -> float:
+    """Seconds that ``batches`` batches of ``score(k)`` (the IWAE of one batch with k samples)
+    should take: ``score(min(k, probe))`` timed once, without gradients and with the random state
+    restored afterwards (the evaluation's draws are those it would have had), scaled by k / probe
+    and by the number of batches. An upper estimate: the probe's chunk is small and cold."""
+    used = min(k, probe)
+    with preserved_rng(), torch.no_grad():
+        start = time.perf_counter()
+        score(used)
+        return (time.perf_counter() - start) * k / used * batches
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def write_evaluation(run_dir, result: dict) -> Path:

@@ -11,6 +11,8 @@ scale). A likelihood turns it into a distribution whose ``event_shape`` is ``inp
 ``gaussian-learned``   N(μ_x(z), diag σ²) with one learned σ per pixel
 ``gaussian-decoder``   N(μ_x(z), diag σ_x²(z)), σ_x(z) = σ_min + softplus(g_θ(z))
 ``laplace``            Laplace(μ_x(z), b) with a fixed (or learned per-pixel) b
+``discretized-logistic``  8-bit x = k/255: a logistic (or a mixture of K) discretized to the
+                       256 levels (PixelCNN++), per pixel and channel
 =====================  ===========================================================
 
 Each also writes its log-density by hand (``log_density``), with no ``torch.distributions``:
@@ -31,7 +33,9 @@ from torch import nn
 
 from ..errors import DataError, InputError
 from .. import checks
-from .distributions import LOG_2PI, IndependentBernoulli
+from .distributions import (LOG_2PI, DiscretizedLogistic, DiscretizedLogisticMixture, IndependentBernoulli,
+                            check_eight_bit, discretized_logistic_log_prob,
+                            discretized_logistic_mixture_log_prob)
 from ..registry import Registry
 
 
@@ -39,6 +43,9 @@ class Likelihood(nn.Module):
     """Base class. ``forward(out)`` → distribution with ``event_shape == input_shape``."""
 
     num_params = 1
+    #: True for a likelihood of 8-bit data (a probability over the 256 levels k/255 of each
+    #: pixel): ``pyrovae evaluate`` then also reports its log p(x) in bits per dimension
+    eight_bit = False
 
     def __init__(self, input_shape: tuple):
         super().__init__()
@@ -64,6 +71,9 @@ class Likelihood(nn.Module):
 
     def check_range(self, lo: float, hi: float) -> None:
         """Raise ValueError if data with values in [lo, hi] lie outside the likelihood's support."""
+
+    def check_values(self, x: torch.Tensor) -> None:
+        """Raise DataError if values of x inside the range lie outside the support (8-bit levels)."""
 
     def describe(self) -> str:
         return type(self).__name__
@@ -225,3 +235,53 @@ class LaplaceLikelihood(LocScaleLikelihood):
 
     def describe(self):
         return "Laplace(μ_x(z), b)"
+
+
+@LIKELIHOODS.register("discretized-logistic")
+class DiscretizedLogisticLikelihood(Likelihood):
+    """p(x|z) = Π_d P(x_d), P the logistic(μ_d(z), s_d(z)) discretized to the 256 levels k/255 of
+    8-bit data (Salimans et al. 2017, PixelCNN++), or with ``components = K > 1`` the mixture
+    Σ_j w_dj(z) DiscretizedLogistic(μ_dj(z), s_dj(z)) — one per pixel and channel.
+
+    The decoder gives P = 2 numbers per pixel (μ, g), or 3K (logits of w, then μ, then g, K
+    each); s = ``min_scale`` + softplus(g). x must be 8-bit: k/255 with k in 0..255 (checked on
+    the data's range here and on its values while Pyro's validation is on). log p(x|z) is a
+    log-probability, so −log p(x)/(D ln 2) is the bits per dimension of the literature with no
+    correction (:func:`pyrovae.lab.report.bits_per_dim`).
+    """
+
+    eight_bit = True
+
+    def __init__(self, input_shape, components: int = 1, min_scale: float = 1e-4):
+        super().__init__(input_shape)
+        self.components = checks.positive_int("components", components)
+        self.min_scale = checks.positive_float("min_scale", min_scale)
+        self.num_params = 2 if self.components == 1 else 3 * self.components
+
+    def params(self, out):
+        if self.components == 1:
+            return {"loc": self._channel(out, 0), "scale": self.min_scale + F.softplus(self._channel(out, 1))}
+        dim, K = -len(self.input_shape) - 1, self.components
+        logits, loc, raw = (out.narrow(dim, i * K, K).movedim(dim, -1) for i in range(3))
+        return {"logits": logits, "loc": loc, "scale": self.min_scale + F.softplus(raw)}
+
+    def distribution(self, **params):
+        return DiscretizedLogistic(**params) if self.components == 1 else DiscretizedLogisticMixture(**params)
+
+    def log_density(self, out, x):
+        p = self.params(out)
+        if self.components == 1:
+            return self._sum_pixels(discretized_logistic_log_prob(x, **p))
+        return self._sum_pixels(discretized_logistic_mixture_log_prob(x, **p))
+
+    def check_range(self, lo, hi):
+        if lo < 0 or hi > 1:
+            raise DataError(f"x must lie in [0, 1] for the discretized-logistic likelihood (8-bit intensities "
+                            f"k/255), got values in [{lo:.4g}, {hi:.4g}]")
+
+    def check_values(self, x):
+        check_eight_bit(x)
+
+    def describe(self):
+        one = "DiscretizedLogistic(μ_x(z), s_x(z)) on the 256 levels k/255"
+        return one if self.components == 1 else f"Σ_{{j≤{self.components}}} w_j(z) {one}"

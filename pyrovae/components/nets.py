@@ -72,46 +72,88 @@ class MLPDecoder(nn.Module):
         return self.net(z).unflatten(-1, self.out_shape)
 
 
-def _image_shape(input_shape) -> tuple:
+#: the conv stack halves H and W (stride-2 4×4 convolutions, padding 1) while both are even and
+#: at least MIN_HALVED, so it ends near 4×4 (32 → 4, 64 → 4, 28 → 7); it must end at most MAX_END
+MIN_HALVED, MAX_END = 8, 8
+
+
+def conv_plan(input_shape) -> tuple:
+    """((C, H, W), number of stride-2 layers n, (h, w) at the end) for image ``input_shape``.
+
+    ``input_shape`` is (H, W) (one channel, x ``[..., H, W]``) or (C, H, W). A 4×4 convolution of
+    stride 2 and padding 1 maps an even size m to m/2 exactly, and the transposed one m/2 back to
+    m, so the decoder mirrors the encoder with no output padding. H and W are halved while both
+    are even and ≥ 8 (the DCGAN recipe: down to about 4×4). InputError, naming the shape, for a
+    flat shape, or one that cannot be halved at least once to at most 8×8 (e.g. (3, 7, 9), (100, 100)).
+    """
     shape = checks.shape("input_shape", input_shape)
-    if shape not in ((28, 28), (1, 28, 28)):
-        raise InputError(f"the conv networks expect input_shape (28, 28) or (1, 28, 28), got {shape}")
-    return shape
+    if len(shape) not in (2, 3):
+        raise InputError(f"the conv networks need an image input_shape (H, W) or (C, H, W), got {shape}; "
+                         f"use net = 'mlp' for flat data")
+    chw = (1,) + shape if len(shape) == 2 else shape
+    h, w, n = chw[1], chw[2], 0
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) >= MIN_HALVED:
+        h, w, n = h // 2, w // 2, n + 1
+    if n == 0 or max(h, w) > MAX_END:
+        raise InputError(
+            f"the conv networks cannot fit input_shape {shape}: their stride-2 layers halve H and W while both "
+            f"are even and >= {MIN_HALVED}, and must reach at most {MAX_END}x{MAX_END} (e.g. 28x28 -> 7x7, "
+            f"32x32 -> 4x4, 64x64 -> 4x4), but {chw[1]}x{chw[2]} ends at {h}x{w} after {n} halving(s); "
+            f"use net = 'mlp' or crop/pad the images")
+    return chw, n, (h, w)
+
+
+def _channels(channels, n: int, decoder: bool = False) -> tuple:
+    """Channels after each of the n stride-2 layers unless given: 32, 64, 128, ... in the encoder
+    (DCGAN doubles them), the same reversed in the decoder (..., 64, 32)."""
+    if channels is None:
+        default = tuple(32 * 2 ** i for i in range(n))
+        return default[::-1] if decoder else default
+    channels = _hidden(channels)
+    if len(channels) != n:
+        raise InputError(f"channels must list {n} sizes, one per stride-2 layer for this input_shape, got {channels}")
+    return channels
 
 
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28→14→7) and a dense layer: ``[..., 28, 28] -> [..., features]``."""
+    """DCGAN-like: n stride-2 4×4 convolutions (channels 32, 64, ...; H, W halved each time down
+    to h×w ≈ 4×4, see :func:`conv_plan`), then a dense layer: ``[..., *input_shape] -> [..., features]``.
+    For 28×28: 28 → 14 → 7. No batch normalisation: a datapoint's log-densities must not depend on
+    the rest of its batch."""
 
-    def __init__(self, input_shape=(28, 28), channels=(32, 64), features: int = 256, activation="relu"):
+    def __init__(self, input_shape=(28, 28), channels=None, features: int = 256, activation="relu"):
         super().__init__()
-        self.input_shape = _image_shape(input_shape)
-        c1, c2 = channels
-        self.net = nn.Sequential(
-            nn.Conv2d(1, c1, 4, 2, 1), make_activation(activation),
-            nn.Conv2d(c1, c2, 4, 2, 1), make_activation(activation),
-            nn.Flatten(), nn.Linear(c2 * 49, features), make_activation(activation),
-        )
+        self.input_shape = checks.shape("input_shape", input_shape)
+        self.image_shape, n, (h, w) = conv_plan(self.input_shape)
+        sizes = self.image_shape[:1] + _channels(channels, n)
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1), make_activation(activation)]
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(sizes[-1] * h * w, features),
+                                 make_activation(activation))
         self.out_features = features
 
     def forward(self, x):
         lead = x.shape[:x.dim() - len(self.input_shape)]
-        return self.net(x.reshape(-1, 1, 28, 28)).reshape(*lead, self.out_features)
+        return self.net(x.reshape(-1, *self.image_shape)).reshape(*lead, self.out_features)
 
 
 class ConvDecoder(nn.Module):
-    """Dense layers then two stride-2 transposed convolutions: ``[..., L] -> [..., P, 28, 28]``."""
+    """The encoder's mirror: dense layers to [c_n, h, w], then n stride-2 4×4 transposed
+    convolutions (channels halving) back to H×W with P·C channels: ``[..., L] -> [..., P, *input_shape]``."""
 
-    def __init__(self, latent_dim, input_shape=(28, 28), num_params: int = 1, channels=(64, 32),
+    def __init__(self, latent_dim, input_shape=(28, 28), num_params: int = 1, channels=None,
                  features: int = 256, activation="relu"):
         super().__init__()
-        self.input_shape = _image_shape(input_shape)
-        c1, c2 = channels
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, features), make_activation(activation), nn.Linear(features, c1 * 49), make_activation(activation),
-            nn.Unflatten(1, (c1, 7, 7)),
-            nn.ConvTranspose2d(c1, c2, 4, 2, 1), make_activation(activation),
-            nn.ConvTranspose2d(c2, num_params, 4, 2, 1),
-        )
+        self.input_shape = checks.shape("input_shape", input_shape)
+        (C, _, _), n, (h, w) = conv_plan(self.input_shape)
+        sizes = _channels(channels, n, decoder=True)
+        layers = [nn.Linear(latent_dim, features), make_activation(activation),
+                  nn.Linear(features, sizes[0] * h * w), make_activation(activation), nn.Unflatten(1, (sizes[0], h, w))]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1), make_activation(activation)]
+        layers.append(nn.ConvTranspose2d(sizes[-1], num_params * C, 4, 2, 1))
+        self.net = nn.Sequential(*layers)
         self.out_shape = (num_params,) + self.input_shape
 
     def forward(self, z):
@@ -133,7 +175,8 @@ def mlp_pair(input_shape, latent_dim, num_params, hidden=(400,), activation=None
 
 @NETS.register("conv")
 def conv_pair(input_shape, latent_dim, num_params, hidden=None, activation=None):
-    """The small convolutional encoder/decoder for 28×28 images (``hidden`` is not used)."""
+    """The DCGAN-like convolutional encoder/decoder for (H, W) or (C, H, W) images whose sides
+    halve to about 4×4 (:func:`conv_plan`; ``hidden`` is not used)."""
     act = activation or "relu"
     return (ConvEncoder(input_shape, activation=act),
             ConvDecoder(latent_dim, input_shape, num_params, activation=act))

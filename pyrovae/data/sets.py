@@ -54,8 +54,13 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..registry import Registry
+from .arrays import load_arrays
 from .cache import cache_dir, extract_raw, not_found, offline, require_data_dir, resolve_data_dir
+from .folder import load_folder
+from .sources import Source, TensorExamples, to_float
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
+from .streaming import StreamingSplit, check_workers, keep_in_memory, materialize
+from .vision import load_cifar10, load_svhn
 
 FREY_FILE = "FreyFace/frey_rawface.mat"
 FREY_SHAPE = (28, 20)
@@ -205,6 +210,18 @@ for _name, _sampler in (("ppca", ppca_data), ("toy", toy_data)):
     _loader = partial(_load_synthetic, _sampler)
     _loader.real_valued = True
     DATASETS.register(_name, _loader)
+DATASETS.register("cifar10", load_cifar10)
+DATASETS.register("svhn", load_svhn)
+DATASETS.register("folder", load_folder)
+DATASETS.register("arrays", load_arrays)
+for _name in ("mnist", "fashion-mnist", "kmnist", "frey"):
+    DATASETS.get(_name).bits = 8
+load_folder.options = ("path", "image_size", "channels", "test_fraction", "split_seed")
+load_arrays.options = ("path", "key", "label_key", "test_fraction", "split_seed")
+
+#: the options a loader may take (``loader.options``), with their defaults (also the config's)
+OPTION_DEFAULTS = {"path": "", "key": "x", "label_key": "", "image_size": 0, "channels": 0, "test_fraction": 0.1,
+                   "split_seed": 0}
 
 
 def is_image_dataset(name: str) -> bool:
@@ -235,6 +252,38 @@ def _check_subset(name: str, split: str, subset: int, n: int) -> None:
                           f"use at most {n}, or 0 for all ({key} in a config)")
 
 
+def _options_for(name: str, loader, options: dict) -> dict:
+    """The options ``loader`` takes (``loader.options``), defaults filled in; ConfigError for one it
+    does not take that was set (e.g. ``data.path`` with ``dataset = "mnist"``)."""
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown data option(s) {unknown}; allowed: {', '.join(OPTION_DEFAULTS)}")
+    takes = getattr(loader, "options", ())
+    for key, value in options.items():
+        if key not in takes and value != OPTION_DEFAULTS[key]:
+            readers = [n for n in DATASETS.names() if key in getattr(DATASETS.get(n), "options", ())]
+            raise ConfigError(f"data.{key} is read by data set(s) {', '.join(map(repr, readers))}; {name!r} does "
+                              f"not read it (got data.{key} = {value!r}): set data.dataset, or leave data.{key} out")
+    return {key: options.get(key, OPTION_DEFAULTS[key]) for key in takes}
+
+
+def _as_source(name: str, loaded) -> tuple[Source, int | None, dict | None]:
+    """(source, bits, params) of a loader's result; an old-style ``(x, labels, params)`` wraps its
+    float ``x`` (``bits`` then from ``loader.bits``: 8 for the MNIST family and Frey Face)."""
+    if isinstance(loaded, Source):
+        return loaded, loaded.examples.bits, None
+    x, labels, params = loaded
+    source = Source(TensorExamples(x, None, name), torch.arange(len(x)), labels)
+    return source, getattr(DATASETS.get(name), "bits", None), params
+
+
+def _check_binarizable(name: str, source: Source, binarize: str) -> None:
+    span = source.examples.value_range
+    if binarize != "none" and span is not None and not (0 <= span[0] and span[1] <= 1):
+        raise ConfigError(f"binarize={binarize!r} needs values in [0, 1]; {source.examples.where} holds values in "
+                          f"[{span[0]:.4g}, {span[1]:.4g}]: set binarize to 'none' (data.binarize in a config)")
+
+
 def load_dataset(
     name: str,
     split: str = "train",
@@ -244,25 +293,45 @@ def load_dataset(
     subset: int = 0,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> DataSplit:
-    """Load one split of ``name`` (one of :data:`DATASETS`) as a :class:`DataSplit` on ``device``.
+    in_memory: bool | str = "auto",
+    workers: int = 2,
+    **options,
+) -> DataSplit | StreamingSplit:
+    """Load one split of ``name`` (one of :data:`DATASETS`) as a :class:`DataSplit` on ``device``,
+    or as a :class:`~pyrovae.data.streaming.StreamingSplit` that streams to it.
 
     ``binarize``: ``"none" | "static" | "dynamic"`` (image sets only; see the module doc).
     ``subset``: keep the first ``subset`` examples (0 = all; an integer no larger than the
     split), taken after binarization so a subset is a prefix of the full set.  ``seed``: seeds
-    the synthetic sets and the dynamic per-epoch draws.  Raises ConfigError (a ValueError) on a
-    bad argument, DataNotFoundError when the data dir or its files are missing, DataError when a
-    file is corrupt or truncated.
+    the synthetic sets and the dynamic per-epoch draws.  ``in_memory``: True keeps the split as
+    one tensor on ``device``, False streams it (``workers`` DataLoader processes), ``"auto"``
+    streams only what would take more than half the device's free memory
+    (:func:`~pyrovae.data.streaming.keep_in_memory`).  ``options``: ``path``, ``key``,
+    ``label_key``, ``image_size``, ``channels``, ``test_fraction``, ``split_seed`` for the sets
+    that read them (``folder``, ``arrays``; :data:`OPTION_DEFAULTS`).  Raises ConfigError (a
+    ValueError) on a bad argument, DataNotFoundError when the data dir or its files are missing,
+    DataError when a file is corrupt or truncated or holds the wrong kind of data.
     """
     _check_args(name, split, binarize, subset)
-    x, labels, params = DATASETS.get(name)(split, resolve_data_dir(data_dir), seed)
-    _check_subset(name, split, subset, len(x))
+    check_workers(workers)
+    loader = DATASETS.get(name)
+    loaded = loader(split, resolve_data_dir(data_dir), seed, **_options_for(name, loader, options))
+    source, bits, params = _as_source(name, loaded)
+    _check_subset(name, split, subset, len(source))
+    _check_binarizable(name, source, binarize)
     mode = stored_mode(binarize, split)
+    bits = 1 if binarize != "none" else bits
+    if not keep_in_memory(in_memory, source.prefix(subset or len(source)).nbytes, device):
+        source = source.prefix(subset or len(source))
+        return StreamingSplit(source.examples, source.index, source.labels, name, split, mode, seed, params, bits,
+                              source.note, workers).to(device)
+    x = to_float(materialize(source, workers), source.examples.bits)
+    labels = source.labels
     if mode == "static":
         x = binarize_once(x, split)
     if subset:
         x, labels = x[:subset].clone(), None if labels is None else labels[:subset].clone()
-    data = DataSplit(x, labels, name, split, mode, seed, params)
+    data = DataSplit(x, labels, name, split, mode, seed, params, bits, source.note)
     return data.to(device)
 
 

@@ -7,6 +7,7 @@
 ==========================  ==============================================  =====================
 a tensor ``[N, ...]``       ``x[idx]``                                      ``model(x)``
 a ``DataSplit``             ``split.epoch(e)[idx]`` (dynamic binarization)  ``model(x)``
+a ``StreamingSplit``        its DataLoader's batch at ``idx``               ``model(x)``
 a tuple of them             each sliced by the same ``idx``                 ``model(*batch)``
 a dict of them              each sliced by the same ``idx``                 ``model(**batch)``
 ==========================  ==============================================  =====================
@@ -23,12 +24,16 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..data.splits import DataSplit
+from ..data.streaming import StreamingSplit
 from ..errors import DataError, InputTypeError
+from .distributed import shard_chunks
 
 Call = Tuple[tuple, Dict[str, torch.Tensor]]
 
 
 def _as_split(value, name: str, dtype: Optional[torch.dtype], convert_bool: bool) -> DataSplit:
+    if isinstance(value, StreamingSplit):
+        return value if dtype is None else value.astype(dtype)
     if isinstance(value, torch.Tensor):
         if value.dim() < 1 or value.shape[0] == 0:
             raise DataError(f"{name} must be a non-empty tensor [N, ...], got shape {list(value.shape)}")
@@ -90,19 +95,30 @@ class ModelArguments:
 
     def rows(self, start: int = 0, stop: Optional[int] = None, epoch: int = 0) -> Call:
         """The arguments for datapoints ``start:stop`` of ``epoch``'s data."""
-        return self.call([s.epoch(epoch)[start:stop] for s in self.splits])
+        return self.call([s.rows(start, stop, epoch) for s in self.splits])
 
-    def batches(self, batch_size: int, epoch: int) -> Iterator[Call]:
-        """Minibatches of ``batch_size`` (the last may be smaller), every element sliced alike."""
-        if self.single:  # the DataSplit's own path (the same draws as always)
+    def parts(self, size: int = 4096) -> Iterator[Call]:
+        """Every datapoint: one call of :meth:`rows` when all elements are in memory, else calls
+        over consecutive rows of ``size`` (a streamed set is never put on the device whole)."""
+        if not any(isinstance(s, StreamingSplit) for s in self.splits):
+            yield self.rows()
+            return
+        for start in range(0, len(self), size):
+            yield self.rows(start, start + size)
+
+    def batches(self, batch_size: int, epoch: int, shard: Optional[Tuple[int, int]] = None) -> Iterator[Call]:
+        """Minibatches of ``batch_size`` (the last may be smaller), every element sliced alike.
+        ``shard=(rank, world)``: rank's part of each global minibatch of ``batch_size``
+        (:func:`pyrovae.inference.distributed.shard_chunks`), for data-parallel training."""
+        if self.single and shard is None:  # the DataSplit's own path (the same draws as always)
             for x in self.lead.batches(batch_size, epoch=epoch):
                 yield (x,), {}
             return
-        data = [s.epoch(epoch) for s in self.splits]
-        order = self.lead.order(epoch)
-        for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
-            yield self.call([d.index_select(0, idx) for d in data])
+        chunks = self.lead.order(epoch).split(batch_size)
+        if shard is not None:
+            chunks = shard_chunks(chunks, *shard)
+        for tensors in zip(*(s.take(chunks, epoch) for s in self.splits)):
+            yield self.call(list(tensors))
 
 
 def batch_size_of(args: tuple, kwargs: dict) -> int:

@@ -10,7 +10,14 @@
                 (``config_enumerate``) summed out exactly, the others sampled
 ==============  ===================================================================
 
-Any ``pyro.infer.ELBO`` instance may be given instead of a name.
+Any ``pyro.infer.ELBO`` instance may be given instead of a name. ``make_elbo(..., gradient=)``
+swaps the gradient estimator, keeping the value (:mod:`pyrovae.inference.pathwise`):
+
+==============  ===================================================================
+``standard``    the ELBO's own (any name)
+``stl``         :class:`STL_ELBO` for ``trace``: sticking the landing, no score term
+``dreg``        :class:`DReG_IWAE` for ``iwae``: doubly reparameterized IWAE gradient
+==============  ===================================================================
 """
 from __future__ import annotations
 
@@ -25,11 +32,13 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_if_enumerated, check_site_shape, warn_if_nan
+from pyro.util import check_if_enumerated, warn_if_nan
 
 from .. import checks
+from ..errors import ConfigError
 from ..registry import Registry
-from .traces import PYRO_PARTICLES, kl_or_none, traces
+from .pathwise import DReG_IWAE, STL_ELBO
+from .traces import elbo_particles, kl_or_none, traces
 
 
 class MeanField_ELBO(ELBO):
@@ -84,7 +93,7 @@ class MeanField_ELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO, a number: the mean over ``num_particles`` draws."""
         loss = 0.0
-        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
             loss = loss + _particle_loss(model_trace, guide_trace)[0] / self.num_particles
         warn_if_nan(loss, "loss")
         return loss
@@ -92,7 +101,7 @@ class MeanField_ELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """−ELBO as a tensor whose gradient is the estimator's (its value is :meth:`loss`'s)."""
         loss, surrogate = 0.0, 0.0
-        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
             loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
             surrogate = surrogate + surrogate_particle / self.num_particles
             loss = loss + loss_particle / self.num_particles
@@ -103,7 +112,7 @@ class MeanField_ELBO(ELBO):
         """−ELBO, a number, after adding its gradient to the parameters' ``.grad`` (one backward
         pass per particle, as Pyro's ELBOs do)."""
         loss = 0.0
-        for model_trace, guide_trace in _particle_traces(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
             loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
             loss = loss + loss_particle / self.num_particles
             trainable = any(site["type"] == "param" for trace in (model_trace, guide_trace)
@@ -112,40 +121,6 @@ class MeanField_ELBO(ELBO):
                 (surrogate_particle / self.num_particles).backward(retain_graph=self.retain_graph)
         warn_if_nan(loss, "loss")
         return loss
-
-
-def _particle_traces(elbo: MeanField_ELBO, model, guide, args, kwargs):
-    """The trace pairs of ``elbo.num_particles`` draws, drawn as Pyro's ELBOs draw them: one pair with a
-    ``num_particles_vectorized`` plate left of the pair's plates when ``vectorize_particles``, else one
-    pair per particle."""
-    if not elbo.vectorize_particles:
-        for _ in range(elbo.num_particles):
-            yield elbo._get_trace(model, guide, args, kwargs)
-        return
-    if elbo.max_plate_nesting == float("inf"):
-        _guess_max_plate_nesting(elbo, model, guide, args, kwargs)
-    if elbo.num_particles > 1:
-        particles = pyro.plate(PYRO_PARTICLES, elbo.num_particles, dim=-elbo.max_plate_nesting)
-        model, guide = particles(model), particles(guide)
-    yield elbo._get_trace(model, guide, args, kwargs)
-
-
-def _guess_max_plate_nesting(elbo: MeanField_ELBO, model, guide, args, kwargs) -> None:
-    """Set ``elbo.max_plate_nesting`` from one run of the pair, as Pyro's ELBOs do (the same draws: the
-    run uses the random stream as theirs does; site shapes checked while validation is on)."""
-    with poutine.block():
-        model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
-    if is_validation_enabled():
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-    sites = [site for trace in (model_trace, guide_trace) for site in trace.nodes.values() if site["type"] == "sample"]
-    if is_validation_enabled():
-        for site in sites:
-            check_site_shape(site, max_plate_nesting=float("inf"))
-    dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
-    elbo.max_plate_nesting = -min(dims) if dims else 0
-    if elbo.num_particles > 1:
-        elbo.max_plate_nesting += 1
 
 
 def _warn_unless_in_model_order(model_trace, guide_trace) -> None:
@@ -216,8 +191,25 @@ ELBOS.register("graph", TraceGraph_ELBO)
 ELBOS.register("enum", pyro.infer.TraceEnum_ELBO)  # sums the guide's (and model's) enumerated sites exactly
 
 
-def make_elbo(name, num_particles: int = 1, max_plate_nesting: int = 1) -> ELBO:
+#: gradient estimators of ``train.gradient``: name → (the ``train.elbo`` it is for, its class)
+PATHWISE = {"stl": ("trace", STL_ELBO), "dreg": ("iwae", DReG_IWAE)}
+GRADIENTS = ("standard", *PATHWISE)
+
+
+def make_elbo(name, num_particles: int = 1, max_plate_nesting: int = 1, gradient: str = "standard") -> ELBO:
     """The Pyro ELBO called ``name`` (or ``name`` itself, an ELBO instance); r > 1 particles
-    are vectorized (one pass, an extra plate)."""
+    are vectorized (one pass, an extra plate).
+
+    ``gradient``: ``"standard"`` (the ELBO's own estimator), ``"stl"`` (:class:`STL_ELBO`, for
+    ``name="trace"``) or ``"dreg"`` (:class:`DReG_IWAE`, for ``name="iwae"``): the same value, a
+    gradient of lower variance (docs/estimators.md)."""
     r = checks.positive_int("num_particles", num_particles)
-    return ELBOS.build(name, num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting)
+    if gradient not in GRADIENTS:
+        raise ConfigError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+    if gradient == "standard":
+        return ELBOS.build(name, num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting)
+    needs, cls = PATHWISE[gradient]
+    if name != needs:
+        got = repr(name) if isinstance(name, str) else f"a {type(name).__name__} instance"
+        raise ConfigError(f"gradient {gradient!r} is for elbo {needs!r}, got elbo {got}")
+    return cls(num_particles=r, vectorize_particles=r > 1, max_plate_nesting=max_plate_nesting)

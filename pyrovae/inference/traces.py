@@ -17,6 +17,9 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_site_shape
 from torch.distributions import kl_divergence
 
 #: the name of the plate over vectorized particles (pyrovae's estimators)
@@ -59,8 +62,10 @@ def enum_traces(model, guide, num_particles: Optional[int], max_plate_nesting: i
 
 
 def sample_sites(trace) -> Dict[str, dict]:
-    """The sample sites of a trace, by name, in the order they were sampled."""
-    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"}
+    """The sample sites of a trace, by name, in the order they were sampled; not the plates' subsample
+    sites (log-density 0, a float32 CPU scalar whatever the model's device), which Pyro's ELBOs skip too."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)}
 
 
 def preserved_rng():
@@ -120,3 +125,39 @@ def kl_or_none(guide_site, model_site: Optional[dict], scale=1.0):
     except NotImplementedError:
         return None
     return scale_and_mask(kl, scale, guide_site["mask"])
+
+
+def elbo_particles(elbo, model, guide, args, kwargs):
+    """The (model trace, guide trace) pairs of a ``pyro.infer.ELBO`` subclass's ``num_particles`` draws, each
+    from its own ``elbo._get_trace(model, guide, args, kwargs)`` (the method ``ELBO`` declares for its
+    subclasses to implement), drawn as Pyro's ELBOs draw them (the same draws under a seed): one pair with a
+    ``num_particles_vectorized`` plate left of the pair's plates when ``vectorize_particles``, else one
+    pair per particle."""
+    if not elbo.vectorize_particles:
+        for _ in range(elbo.num_particles):
+            yield elbo._get_trace(model, guide, args, kwargs)
+        return
+    if elbo.max_plate_nesting == float("inf"):
+        guess_max_plate_nesting(elbo, model, guide, args, kwargs)
+    if elbo.num_particles > 1:
+        particles = pyro.plate(PYRO_PARTICLES, elbo.num_particles, dim=-elbo.max_plate_nesting)
+        model, guide = particles(model), particles(guide)
+    yield elbo._get_trace(model, guide, args, kwargs)
+
+
+def guess_max_plate_nesting(elbo, model, guide, args, kwargs) -> None:
+    """Set ``elbo.max_plate_nesting`` from one run of the pair, as Pyro's ELBOs do (the same draws: the
+    run uses the random stream as theirs does; site shapes checked while validation is on)."""
+    with poutine.block():
+        model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
+    if is_validation_enabled():
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+    sites = [site for trace in (model_trace, guide_trace) for site in trace.nodes.values() if site["type"] == "sample"]
+    if is_validation_enabled():
+        for site in sites:
+            check_site_shape(site, max_plate_nesting=float("inf"))
+    dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
+    elbo.max_plate_nesting = -min(dims) if dims else 0
+    if elbo.num_particles > 1:
+        elbo.max_plate_nesting += 1

@@ -3,12 +3,17 @@
 ``train(model, guide, data, epochs=..., batch_size=...)`` maximises the ELBO of the whole data
 set: each minibatch of B out of N datapoints is scaled by N/B (:class:`ScaleData`), so the loss
 is an unbiased estimate of −Σ_i ELBO(x_i) (pyro-ppl issue #1437). Parameters are whatever the
-pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` updates them all.
+pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` updates them all
+(:class:`pyrovae.inference.optim.OptimizerSettings`: schedule, β1/β2/ε, gradient clipping).
 
 Each epoch appends a row to the returned history (all per datapoint, in nats):
 ``epoch``, ``train_elbo`` (mean of the epoch's minibatch ELBOs), ``test_elbo``,
 ``reconstruction`` = E_q[log p(x|z)] and ``kl`` = KL(q(z|x) ‖ p(z)) of that test ELBO (on the
-test set, or on the first 2000 training points when there is none), ``seconds``.
+test set, or on the first 2000 training points when there is none), ``seconds`` (training and
+evaluation), ``lr`` (the epoch's learning rate, :mod:`pyrovae.inference.optim`) and
+``samples_per_second`` (datapoints trained on per second of the epoch's training, evaluation
+excluded; all ranks' together in data-parallel training). Callbacks watch a run as it goes
+(:mod:`pyrovae.inference.callbacks`).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
+from pyro.infer import RenyiELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -28,8 +34,13 @@ from torch import nn
 from .. import checks
 from ..errors import CheckpointError, PyrovaeError, TrainingError
 from . import checkpoint as ckpt
+from . import distributed
 from .arguments import ModelArguments, batch_size_of
+from .callbacks import Callbacks
 from .elbos import make_elbo
+from .optim import OptimizerSettings, set_lr
+from .pathwise import DReG_IWAE
+from .precision import with_precision
 from .estimators import elbo_parts
 from .pairs import check_pair_on
 from .traces import PARTICLE_PLATES, nesting_of, params_of
@@ -93,18 +104,23 @@ class ScaleLatents(Messenger):
             msg["scale"] = self.beta * msg["scale"]
 
 
+def scales_inside(elbo) -> bool:
+    """Whether a minibatch is scaled to the data set inside the ELBO, by its sites' scale
+    (:class:`ScaleData`): right for the ELBOs that are sums of site log-densities (Trace,
+    TraceMeanField, TraceGraph, TraceEnum), which may also hold global latents.
+
+    Not for the importance-weighted bound: Pyro's ``RenyiELBO`` (and :class:`DReG_IWAE`, which
+    matches its value) puts a site's scale s inside the log-mean-exp over particles,
+    log 1/k Σ_j w_j^s ≠ s · log 1/k Σ_j w_j; with s = N/B = 600 that is about s · max_j log w_j, the
+    VR-max objective (Li & Turner 2016), not IWAE. For them the minibatch's loss and gradient are
+    multiplied by N/B outside (an unbiased estimate of the bound summed over the data set).
+    """
+    return not isinstance(elbo, (RenyiELBO, DReG_IWAE))
+
+
 def warmup_beta(epoch: int, kl_warmup: int) -> float:
     """β of epoch ``epoch`` (from 1): min(1, epoch / kl_warmup), and 1 without warm-up."""
     return 1.0 if kl_warmup == 0 else min(1.0, epoch / kl_warmup)
-
-
-def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """One ``torch.optim.Adam`` over all parameters, fused (one kernel per parameter) where torch
-    supports it for their device and dtype; the update is Adam's either way."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:  # e.g. a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -126,8 +142,8 @@ def _check_data_once(model, *data) -> None:
     if check is not None:
         for arguments in data:
             if arguments is not None:
-                args, kwargs = arguments.rows()
-                check(*args, **kwargs)
+                for args, kwargs in arguments.parts():  # a streamed set in parts, never whole on the device
+                    check(*args, **kwargs)
 
 
 #: a step's loss beyond this many times the session's starting scale is divergence
@@ -175,12 +191,12 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
             p.copy_(saved[name])
 
 
-def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles: int):
+def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles: int, gradient: str):
     """(the pair's ELBO, the parameters it registers), from one run on its first minibatch, in
     which a mismatched pair is refused (:func:`pyrovae.inference.pairs.check_pair_on`)."""
     args, kwargs = data.rows(0, batch_size)
     traces = check_pair_on(*pair, *args, **kwargs)
-    return make_elbo(elbo, num_particles, nesting_of(traces)), params_of(traces)
+    return make_elbo(elbo, num_particles, nesting_of(traces), gradient=gradient), params_of(traces)
 
 
 @dataclass
@@ -207,6 +223,8 @@ class Term:
 class _TermState:
     """A :class:`Term` inside a trainer: its data on the device, its ELBO, its endless minibatches."""
 
+    shard = None  # (rank, world) in data-parallel training: the term's data are sharded like the main data
+
     def __init__(self, term: Term, name: str, dtype, device, default_batch: int):
         self.pair = (term.model, term.guide)
         self.data = ModelArguments(term.data, name, dtype).to(device)
@@ -218,7 +236,7 @@ class _TermState:
     def seek(self, passes: int, taken: int) -> None:
         """Stand after ``taken`` minibatches of pass ``passes`` (where a checkpoint left the term)."""
         self.passes, self.taken = passes, 0
-        self._batches = self.data.batches(self.batch_size, epoch=passes) if passes else iter(())
+        self._batches = self.data.batches(self.batch_size, epoch=passes, shard=self.shard) if passes else iter(())
         for _ in range(taken):
             next(self._batches)
             self.taken += 1
@@ -236,8 +254,9 @@ class _TermState:
 class Trainer:
     """The state of one training run; :func:`train` is the function to call."""
 
-    def __init__(self, model, guide, data, *, batch_size, lr, elbo, num_particles, test_data, device,
-                 validate: bool = False, extra: Sequence[Term] = ()):
+    def __init__(self, model, guide, data, *, batch_size, elbo, num_particles, test_data, device, lr: float = 1e-3,
+                 validate: bool = False, extra: Sequence[Term] = (), optim: Optional[OptimizerSettings] = None,
+                 gradient: str = "standard", precision: str = "float32"):
         self.device = resolve_device(device)
         self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
         for fn in (model, guide, *[f for t in extra for f in (t.model, t.guide)]):
@@ -249,15 +268,22 @@ class Trainer:
         self.test = None if test_data is None else ModelArguments(test_data, "test_data", dtype).to(self.device)
         _check_data_once(model, self.data, self.test)
         self.batch_size = checks.positive_int("batch_size", batch_size)
-        self.pair = (model, guide)
-        self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles)
+        self.pair = with_precision((model, guide), precision, self.device)
+        self.shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
+        self.batch_points = 0  # the datapoints of the last step, over all ranks
+        self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
-            term.elbo, params = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo, num_particles)
+            term.pair, term.shard = with_precision(term.pair, precision, self.device), self.shard
+            term.elbo, params = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo, num_particles,
+                                           "standard")
             self.params.update(params)
-        self.lr = checks.positive_float("lr", lr)
-        self.optimizer = make_adam(list(self.params.values()), self.lr) if self.params else None
+        distributed.broadcast_params(self.params.values())  # every rank starts from rank 0's parameters
+        distributed.reseed_rank()
+        self.optim = optim if optim is not None else OptimizerSettings(lr=lr)
+        self.lr = self.optim.lr_at(1)
+        self.optimizer = self.optim.adam(list(self.params.values())) if self.params else None
         self.store_size = len(pyro.get_param_store())
         self.history: List[dict] = []
         self.monitor, self.checkpoint = DivergenceMonitor(), None
@@ -269,22 +295,46 @@ class Trainer:
             return
         new = {n: p for n, p in store.named_parameters() if n not in self.params and p.grad is not None}
         if new and self.optimizer is None:
-            self.optimizer = make_adam(list(new.values()), self.lr)
+            self.optimizer = self.optim.adam(list(new.values()))
+            set_lr(self.optimizer, self.lr)
         elif new:
-            self.optimizer.add_param_group({"params": list(new.values())})
+            self.optimizer.add_param_group({"params": list(new.values()), "lr": self.lr})
+        distributed.broadcast_params(new.values())
         self.params.update(new)
         self.store_size = len(store)
 
-    def _scaled_pair(self, batch: int, term: Optional[_TermState] = None):
-        """The pair with its minibatch sites scaled to the data-set size (N/B, :class:`ScaleData`),
-        times a term's weight, its latent sites by β during a KL warm-up. Built once per (term, B,
-        β) and reused: an epoch has at most two batch sizes."""
-        key = (id(term), batch, self.beta)
+    def _scaled_pair(self, batch: int, term: Optional[_TermState] = None, inside: bool = True):
+        """(the pair, a factor for its loss and gradient): the pair's minibatch sites scaled to the
+        data-set size (N/B, :class:`ScaleData`) times a term's weight — inside the pair, or, for an
+        ELBO that is not a sum of site log-densities (``inside=False``, :func:`scales_inside`), as
+        the factor outside —, its latent sites by β during a KL warm-up. Built once per (term, B, β,
+        inside) and reused: an epoch has at most two batch sizes."""
+        key = (id(term), batch, self.beta, inside)
         if key not in self._pairs:
             n, weight = (len(self.data), 1.0) if term is None else (len(term.data), term.weight)
-            pair = [ScaleData(weight * n / batch, batch)(fn) for fn in (self.pair if term is None else term.pair)]
-            self._pairs[key] = [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else pair
+            pair = self.pair if term is None else term.pair
+            if inside:
+                pair = [ScaleData(weight * n / batch, batch)(fn) for fn in pair]
+            pair = [ScaleLatents(self.beta)(fn) for fn in pair] if self.beta != 1.0 else list(pair)
+            self._pairs[key] = pair, 1.0 if inside else weight * n / batch
         return self._pairs[key]
+
+    def _loss_and_grads(self, elbo, args, kwargs, term: Optional[_TermState] = None) -> float:
+        """``elbo.loss_and_grads`` on the minibatch, scaled to the data set (:meth:`_scaled_pair`);
+        gradients add up in the parameters' ``.grad``."""
+        pair, factor = self._scaled_pair(batch_size_of(args, kwargs), term, scales_inside(elbo))
+        if factor == 1.0:
+            return elbo.loss_and_grads(*pair, *args, **kwargs)
+        held = [(p, p.grad) for p in self.params.values()]
+        for p, _ in held:
+            p.grad = None
+        loss = elbo.loss_and_grads(*pair, *args, **kwargs)
+        for p, grad in held:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+            if grad is not None:
+                p.grad = grad if p.grad is None else p.grad.add_(grad)
+        return loss * factor
 
     def step(self, args: tuple, kwargs: Optional[dict] = None) -> float:
         """One SVI step on a minibatch ``model(*args, **kwargs)`` (and one of each extra
@@ -301,12 +351,15 @@ class Trainer:
             loss = self._main_loss(args, kwargs)
             for term in self.extra:  # gradients add up in the parameters' .grad
                 t_args, t_kwargs = term.next_batch()
-                pair = self._scaled_pair(batch_size_of(t_args, t_kwargs), term)
-                loss += term.elbo.loss_and_grads(*pair, *t_args, **t_kwargs)
+                loss += self._loss_and_grads(term.elbo, t_args, t_kwargs, term)
         self.steps += 1
         self._adopt_new_params()
+        # several ranks: the global minibatch's gradient and loss (pyrovae.inference.distributed), before clipping
+        loss, self.batch_points = distributed.average_step(list(self.params.values()), loss,
+                                                           batch_size_of(args, kwargs))
         if self.optimizer is not None:
             if math.isfinite(loss):
+                self.optim.clip(list(self.params.values()))
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss / len(self.data)
@@ -315,9 +368,8 @@ class Trainer:
         """The main pair's loss and gradients. A pair whose code cannot run particles vectorized
         (shape-dependent indexing) fails its first step so; it then runs them one at a time (Pyro's
         ``vectorize_particles=False``), with a warning."""
-        pair = self._scaled_pair(batch_size_of(args, kwargs))
         try:
-            return self.elbo.loss_and_grads(*pair, *args, **kwargs)
+            return self._loss_and_grads(self.elbo, args, kwargs)
         except (RuntimeError, ValueError, IndexError) as e:
             if self.steps or not getattr(self.elbo, "vectorize_particles", False) or isinstance(e, PyrovaeError):
                 raise
@@ -327,7 +379,7 @@ class Trainer:
             for p in self.params.values():
                 p.grad = None
             self.elbo.vectorize_particles = False
-            return self.elbo.loss_and_grads(*pair, *args, **kwargs)
+            return self._loss_and_grads(self.elbo, args, kwargs)
 
     def diverged(self, epoch: int, step, what: str):
         """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
@@ -347,19 +399,25 @@ class Trainer:
         """Rerun the batch's loss with validation on, to name a NaN/Inf distribution parameter."""
         try:
             with pyro.validation_enabled(True), torch.no_grad():
-                self.elbo.loss(*self._scaled_pair(batch_size_of(args, kwargs)), *args, **kwargs)
+                pair, _ = self._scaled_pair(batch_size_of(args, kwargs), inside=scales_inside(self.elbo))
+                self.elbo.loss(*pair, *args, **kwargs)
         except ValueError as e:
             return _invalid_parameter(e) or f"the loss became {loss} ({str(e).splitlines()[0]})"
         return f"the loss became {loss}"
 
-    def run_epoch(self, epoch: int, bar=None, beta: float = 1.0) -> float:
+    def run_epoch(self, epoch: int, bar=None, beta: float = 1.0, on_step: Optional[Callable[[], None]] = None) -> float:
         """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1).
+        After each step ``on_step()`` is called (the callbacks' ``on_step``, :func:`train`).
 
         Raises :class:`TrainingError` when a step's loss diverges (:class:`DivergenceMonitor`) or
         a distribution's parameter becomes NaN/Inf.
         """
         total, n, self.beta = 0.0, len(self.data), beta
-        for step, (args, kwargs) in enumerate(self.data.batches(self.batch_size, epoch=epoch), 1):
+        self.epoch, self.epoch_points, self.epoch_start = epoch, 0, time.perf_counter()
+        self.lr = self.optim.lr_at(epoch)
+        if self.optimizer is not None:
+            set_lr(self.optimizer, self.lr)
+        for step, (args, kwargs) in enumerate(self.data.batches(self.batch_size, epoch=epoch, shard=self.shard), 1):
             try:
                 loss = self.step(args, kwargs)
             except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
@@ -372,22 +430,33 @@ class Trainer:
             if self.monitor.diverged(loss):
                 self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint from "
                                            f"{self.monitor.scale:.3g} at the first step")
-            total += loss * batch_size_of(args, kwargs) / n
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"epoch {epoch} -ELBO {loss:.2f}", refresh=False)
+            total += loss * self.batch_points / n
+            self._count_step(loss, bar, on_step)
         return -total
+
+    def _count_step(self, loss: float, bar, on_step) -> None:
+        """After a step: its loss, the epoch's running rate (datapoints per second since the epoch
+        began), the progress bar, the ``on_step`` hook."""
+        self.loss, self.epoch_points = loss, self.epoch_points + self.batch_points
+        self.samples_per_second = self.epoch_points / max(time.perf_counter() - self.epoch_start, 1e-9)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {self.epoch} -ELBO {loss:.2f} {self.samples_per_second:.0f} samples/s",
+                                refresh=False)
+        if on_step is not None:
+            on_step()
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000) -> dict:
-        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set)."""
+        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set).
+        With several ranks each scores every W-th chunk and the means are all-reduced (:func:`distributed.mean_parts`)."""
         data = self.test if self.test is not None else self.data
         n = len(data) if self.test is not None else min(EVAL_POINTS, len(data))
         parts = []
-        for i in range(0, n, batch_size):
+        for i in range(distributed.rank() * batch_size, n, batch_size * distributed.world_size()):
             args, kwargs = data.rows(i, min(i + batch_size, n))
             parts.append(elbo_parts(*self.pair, *args, **kwargs))
-        return {k: torch.cat([p[k] for p in parts]).mean().item() for k in ("elbo", "reconstruction", "kl")}
+        return distributed.mean_parts(parts, ("elbo", "reconstruction", "kl"))
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self, config=None, metadata=None) -> dict:
@@ -396,22 +465,27 @@ class Trainer:
             "metadata": metadata,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": _rng_state(),
+            "rng_ranks": distributed.gather_objects(_rng_state()),  # several ranks: each one's, in rank order
             "history": self.history,
             "config": config,
             "terms": [[t.passes, t.taken] for t in self.extra],
+            "optim": self.optim.spec(),
         }
 
     def load_state(self, state: dict) -> None:
         """Continue from a checkpoint's state (checked by :func:`checkpoint.load`)."""
         load_params(self.params, state["params"])
+        saved = state.get("optim")
+        if saved is not None and saved != self.optim.spec():
+            changed = sorted(k for k in saved if saved.get(k) != self.optim.spec().get(k))
+            raise CheckpointError(f"the checkpoint was trained with other optimizer settings ({', '.join(changed)}: "
+                                  f"{ {k: saved.get(k) for k in changed} } there, "
+                                  f"{ {k: self.optim.spec().get(k) for k in changed} } now); resume it with the same")
         try:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if state["rng"].get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            _set_rng_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
@@ -426,12 +500,33 @@ class Trainer:
             term.seek(passes, taken)
 
 
+def _rng_state() -> dict:
+    """This process's random state: torch's CPU generator and every CUDA device's."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    """Restore this rank's random state from a checkpoint: its own when the checkpoint holds one per
+    rank of the same number of ranks, else rank 0's (then reseeded per rank, :func:`distributed.reseed_rank`)."""
+    ranks = state.get("rng_ranks") or []
+    own = len(ranks) == distributed.world_size()
+    rng = ranks[distributed.rank()] if own else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if not own:
+        distributed.reseed_rank()
+
+
 def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
           num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
           checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
-          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None,
+          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None, callbacks: Sequence = (),
           validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None,
-          extra: Sequence[Term] = ()) -> List[dict]:
+          extra: Sequence[Term] = (), lr_schedule="constant", lr_schedule_options: Optional[dict] = None,
+          betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, clip_norm: Optional[float] = None,
+          gradient: str = "standard", precision: str = "float32") -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -453,12 +548,31 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             continues from it exactly. A diverging run (see :class:`DivergenceMonitor`) raises
             :class:`pyrovae.errors.TrainingError` and leaves the last good checkpoint in place.
         callback: called after every epoch with the history so far (a list of rows).
+        callbacks: objects with some of ``on_train_start``, ``on_step``, ``on_epoch_end``,
+            ``on_train_end``, each called with the :class:`Trainer` (e.g. subclasses of
+            :class:`pyrovae.inference.callbacks.Callback`, whose doc lists what the trainer exposes);
+            ``callback`` runs after them, as one more.
         validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
             step; by default it runs on the first step only, and a non-finite loss at any step
             stops training and is then diagnosed with validation on.
         extra: more parts of the objective, each a :class:`Term` (its own pair, data, weight),
             stepped together with the main pair: e.g. the labeled data and the classifier of a
             semi-supervised VAE. ``train_elbo`` is then the whole objective per main datapoint.
+        lr, lr_schedule, lr_schedule_options, betas, eps, clip_norm: Adam at base rate ``lr`` with
+            ``betas`` (β1, β2) and ``eps``; the rate of each epoch from ``lr_schedule`` — ``"constant"``,
+            ``"step"``, ``"exponential"``, ``"burda"`` (Burda et al.'s 8 stages of 3^i epochs) or a
+            :class:`pyrovae.inference.optim.Schedule` — with its options; each step's gradient
+            rescaled to total norm ≤ ``clip_norm`` when set. All are saved in the checkpoint; a
+            resumed run must ask for the same and continues the schedule (:mod:`pyrovae.inference.optim`).
+        gradient: the gradient estimator: ``"standard"`` (the ELBO's own), ``"stl"`` (sticking the
+            landing, with ``elbo="trace"``) or ``"dreg"`` (doubly reparameterized, with ``elbo="iwae"``);
+            same expected gradient, lower variance for the guide (:mod:`pyrovae.inference.pathwise`).
+        precision: ``"float32"``, or ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16,
+            the log-densities and the ELBO stay float32 (:mod:`pyrovae.inference.precision`).
+        Several processes: with a process group (``torchrun``, :func:`pyrovae.inference.distributed.init_from_env`)
+            each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
+            all-reduced (:mod:`pyrovae.inference.distributed`); rank 0 alone shows progress, writes the
+            checkpoint and calls ``callback``; every rank reads the checkpoint on ``resume``.
         kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
             β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
             0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
@@ -466,33 +580,64 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
     """
     checks.positive_int("epochs", epochs)
     checks.non_negative_int("kl_warmup", kl_warmup, " (epochs)")
+    hooks = Callbacks(callbacks, callback)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    trainer = Trainer(model, guide, data, batch_size=batch_size, lr=lr, elbo=elbo, num_particles=num_particles,
-                      test_data=test_data, device=device, validate=validate, extra=extra)
+    optim = OptimizerSettings(lr=lr, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options or {},
+                              betas=betas, eps=eps, clip_norm=clip_norm)
+    trainer = Trainer(model, guide, data, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
+                      test_data=test_data, device=device, validate=validate, extra=extra, optim=optim,
+                      gradient=gradient, precision=precision)
     trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))
-    bar = _progress_bar(trainer, epochs) if progress else None
+    main = distributed.is_main()  # rank 0 (or the only process) writes, shows progress, calls back
+    bar = _progress_bar(trainer, epochs) if progress and main else None
+    hooks = hooks if main else Callbacks()
+    _watch(trainer, epochs)
     try:
+        hooks("on_train_start", trainer)
         for epoch in range(len(trainer.history) + 1, epochs + 1):
             start = time.perf_counter()
-            train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup))
+            train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup),
+                                           on_step=(lambda: hooks("on_step", trainer)) if len(hooks) else None)
+            trainer.samples_per_second = trainer.epoch_points / _seconds_since(start, trainer.device)
             scores = trainer.evaluate()
             row = {"epoch": epoch, "train_elbo": train_elbo,
                    "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),
                    "reconstruction": scores["reconstruction"], "kl": scores["kl"],
-                   "seconds": time.perf_counter() - start}
+                   "seconds": time.perf_counter() - start, "lr": trainer.lr,
+                   "samples_per_second": trainer.samples_per_second}
             trainer.check_finite_params(epoch)
             trainer.history.append(row)
             if checkpoint is not None:
-                ckpt.save(checkpoint, trainer.state(config, metadata))
-            if callback is not None:
-                callback(trainer.history)
+                state = trainer.state(config, metadata)  # on every rank: it gathers their random states
+                if main:
+                    ckpt.save(checkpoint, state)
+                distributed.barrier()
+            hooks("on_epoch_end", trainer)
+    except BaseException as e:
+        trainer.error = e
+        raise
     finally:
         if bar is not None:
             bar.close()
+        hooks.end(trainer)
     return trainer.history
+
+
+def _watch(trainer: Trainer, epochs: int) -> None:
+    """The state the callbacks read before the first step (:mod:`pyrovae.inference.callbacks`)."""
+    done = trainer.history[-1] if trainer.history else {}
+    trainer.epochs, trainer.epoch, trainer.error, trainer.loss = epochs, len(trainer.history), None, float("nan")
+    trainer.samples_per_second = done.get("samples_per_second", float("nan"))
+
+
+def _seconds_since(start: float, device: torch.device) -> float:
+    """Wall-clock seconds since ``start``, once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return max(time.perf_counter() - start, 1e-9)
 
 
 def _progress_bar(trainer: Trainer, epochs: int):

@@ -100,6 +100,7 @@ class LatentVariableModel(nn.Module):
     def _check_x(self, x) -> torch.Tensor:
         """DataError for x of the wrong shape or dtype, NaN/Inf, or outside the likelihood's support."""
         self.likelihood.check_range(*checks.data_tensor(x, self.input_shape))
+        self.likelihood.check_values(x)
         param = next(self.parameters(), None)
         if param is not None and x.dtype != param.dtype:
             raise DataError(f"x has dtype {x.dtype} but the {type(self).__name__}'s parameters have dtype "

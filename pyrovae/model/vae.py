@@ -34,11 +34,14 @@ class VAE(LatentVariableModel):
     """A variational autoencoder: ``vae.model(x)`` and ``vae.guide(x)`` for ``pyro.infer.SVI``.
 
     Args:
-        input_shape: an int (flat data) or a tuple such as ``(28, 28)``; x is ``[batch, *input_shape]``.
+        input_shape: an int D (flat data) or a tuple such as ``(28, 28)`` or ``(C, H, W)`` (e.g.
+            ``(3, 32, 32)`` for RGB); x is ``[batch, *input_shape]``. ``pyrovae train`` reads it
+            from the data.
         latent_dim: L, the size of z.
         prior, likelihood, guide: a registered name (see ``PRIORS``, ``LIKELIHOODS``, ``GUIDES``)
             or a component object; ``*_options`` are the named component's constructor options.
-        hidden, activation, net: the built-in networks (``net`` is ``"mlp"`` or ``"conv"``).
+        hidden, activation, net: the built-in networks (``net`` is ``"mlp"``, or ``"conv"`` for
+            images whose sides halve to about 4×4: see ``pyrovae.components.nets.conv_plan``).
         encoder, decoder: any ``nn.Module`` of shapes ``[..., *input_shape] -> [..., H]`` and
             ``[..., L] -> [..., P, *input_shape]`` instead of the built-in ones.
         num_data: if given, the data plate has this size and a minibatch's log-densities are
