@@ -26,8 +26,10 @@ loop always follows the same one.
     python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
         [--batch 256 [20 100 ...]] [--pair builtin user] [--objective mean-field trace] [--quick]
 
-``--quick`` (≈ 1–3 minutes on a loaded 2-core machine): 4,000 images, 5 rounds, mean-field,
-batches 20, 100 and 256, both pairs.
+``--quick`` (≈ 1–3 minutes on a loaded 2-core machine): 1,280 images, 5 rounds, one torch thread,
+mean-field, batches 20, 100 and 256, both pairs (each unless given). On a machine shared with
+other jobs, use one thread: two OpenMP threads contending for busy cores spin and wait, and a
+step can take 30× longer; the CPU-time ratios are then the steadier ones.
 """
 from __future__ import annotations
 
@@ -205,12 +207,13 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[256], help="minibatch sizes")
     p.add_argument("--pair", nargs="+", choices=("builtin", "user"), default=["builtin"])
     p.add_argument("--objective", nargs="+", choices=("mean-field", "trace"), default=["mean-field", "trace"])
-    p.add_argument("--quick", action="store_true", help="--subset 4000 --repeats 5 --objective mean-field "
-                   "--batch 20 100 256 --pair builtin user (each unless given)")
+    p.add_argument("--quick", action="store_true", help="--subset 1280 --repeats 5 --threads 1 --objective "
+                   "mean-field --batch 20 100 256 --pair builtin user (each unless given)")
     args = p.parse_args()
     if args.quick:
         given = {a.split("=")[0] for a in sys.argv[1:]}
-        quick = {"--subset": ("subset", 4000), "--repeats": ("repeats", 5), "--objective": ("objective", ["mean-field"]),
+        quick = {"--subset": ("subset", 1280), "--repeats": ("repeats", 5), "--threads": ("threads", 1),
+                 "--objective": ("objective", ["mean-field"]),
                  "--batch": ("batch", [20, 100, 256]), "--pair": ("pair", ["builtin", "user"])}
         for flag, (attr, value) in quick.items():
             if flag not in given:

@@ -55,7 +55,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
              "test_fraction": 0.1, "split_seed": 0, "in_memory": "auto", "workers": 2},
     "model": {"family": "vae", "latent_dim": 50, "hidden": [400], "activation": "", "net": "mlp",
               "prior": "normal", "likelihood": "bernoulli", "guide": "diagonal",
-              "prior_options": {}, "likelihood_options": {}, "guide_options": {}, "family_options": {}},
+              "prior_options": {}, "likelihood_options": {}, "guide_options": {}, "family_options": {},
+              "init_output_bias": False},
     "train": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "elbo": "trace", "num_particles": 1,
               "kl_warmup": 0, "seed": 0, "device": "auto", "classifier_weight": 0.0,
               "lr_schedule": "constant", "lr_schedule_options": {}, "adam_beta1": 0.9, "adam_beta2": 0.999,
@@ -204,6 +205,7 @@ def validate(config: dict, base_dir: Optional[Path] = None) -> dict:
             full[section][key] = value
     _check_optimizer(full["train"])
     _check_eight_bit_data(full)
+    _check_output_bias(full["model"])
     full["data"]["path"] = _absolute(full["data"]["path"])
     return full
 
@@ -219,6 +221,13 @@ def _check_eight_bit_data(config: dict) -> None:
     if getattr(LIKELIHOODS.get(likelihood), "eight_bit", False) and binarize != "none":
         raise ConfigError(f"model.likelihood = {likelihood!r} models the 256 grey levels of 8-bit images: set "
                           f"data.binarize = 'none', got {binarize!r}")
+
+
+def _check_output_bias(m: dict) -> None:
+    """model.init_output_bias needs a family with ``init_output_bias`` (the VAE's)."""
+    if m["init_output_bias"] and not hasattr(FAMILIES.get(m["family"]), "init_output_bias"):
+        raise ConfigError(f"model.init_output_bias = true is supported for model.family = 'vae' only, "
+                          f"got {m['family']!r}")
 
 
 def _check_optimizer(t: dict) -> None:

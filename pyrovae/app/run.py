@@ -92,6 +92,14 @@ def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
     return FAMILIES.build(m["family"], options, **context)
 
 
+def data_mean(split, chunk: int = 10000) -> torch.Tensor:
+    """x̄ [*shape] of a split's stored x (intensities under dynamic binarization: the mean of the
+    draws), read ``chunk`` rows at a time (a streaming split is never held whole)."""
+    n = len(split)
+    total = sum(split.x[a:min(a + chunk, n)].double().sum(0) for a in range(0, n, chunk))
+    return (total / n).float()
+
+
 def num_classes(cfg: dict, split) -> Optional[int]:
     """K for a family that takes labels (``cvae``, ``m2``), from the data's labels; else None."""
     needs = issubclass(FAMILIES.get(cfg["model"]["family"]), ConditionalVAE)
@@ -209,6 +217,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     pyro.set_rng_seed(t["seed"])
     classes = num_classes(cfg, train_split)
     vae = build_model(cfg, train_split.shape, classes)
+    if cfg["model"]["init_output_bias"] and not resume:  # on resume the checkpoint's weights replace it
+        vae.init_output_bias(data_mean(train_split))
     data, test_data, extra = training_data(cfg, vae, train_split, test_split)
     loggers = logs.build_loggers(t["log"], out, config=cfg, images=_image_hook(vae, test_split)) if main else []
     start = time.perf_counter()

@@ -138,8 +138,11 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         if rows.shape[1] == 1:                                   # d = 0: each row is its own centre
             return torch.logsumexp(bias, -1).unsqueeze(1)
         d = rows - centre                                        # [G, n, L]
-        quad = torch.baddbmm((d * d) @ prec.T, d, weighted.transpose(1, 2), alpha=2)   # d²·s⁻² + 2 d·(s⁻² D)
-        return torch.logsumexp(bias.unsqueeze(1) - 0.5 * quad, -1)
+        # −½ [d²·s⁻² + 2 d·(s⁻² D)] + bias: two products and one in-place add, [G, n, K]
+        t = torch.baddbmm((d * d) @ (-0.5 * prec).T, d, weighted.transpose(1, 2), alpha=-1).add_(bias.unsqueeze(1))
+        top = t.detach().amax(-1, keepdim=True)                  # log Σ_k e^{t_k} = top + log Σ_k e^{t_k − top}
+        top = top.masked_fill(top.isinf(), 0)
+        return t.sub_(top).exp_().sum(-1).log() + top.squeeze(-1)
 
     def sample(self, sample_shape=torch.Size()):
         k = dist.Categorical(logits=self.logits).sample(sample_shape)

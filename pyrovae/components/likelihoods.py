@@ -78,6 +78,48 @@ class Likelihood(nn.Module):
     def describe(self) -> str:
         return type(self).__name__
 
+    # -- the decoder output whose mean is given (VAE.init_output_bias) ------------------------------
+    #: the clamp applied to a mean on [0, 1] before inverting it (a mean of exactly 0 or 1 has no logit)
+    MEAN_CLAMP = 1e-3
+
+    def output_for_mean(self, mean: torch.Tensor, out=None) -> torch.Tensor:
+        """The decoder output ``out'`` [P, *input_shape] with E[x | out'] = ``mean`` [*input_shape].
+
+        Only the location channel(s) are set; the others (a decoded scale, mixture weights) are
+        taken from ``out`` (zeros if None), the output they keep. ``VAE.init_output_bias`` sets the
+        decoder's last bias to it, so that p(x|z) starts at the data's mean, whatever z is.
+        This base class has no such inverse: InputError naming the likelihood.
+        """
+        name = getattr(self, "registry_name", type(self).__name__)
+        raise InputError(f"init_output_bias is not defined for likelihood {name!r} ({type(self).__name__} "
+                         f"defines no output_for_mean: the decoder output whose mean is the data's)")
+
+    def _start(self, mean, out, clamp: bool = False) -> tuple:
+        """(mean, out) as tensors of shapes [*input_shape] and [P, *input_shape] (out zeros if None);
+        with ``clamp`` the mean of data on [0, 1] is clamped to [MEAN_CLAMP, 1 − MEAN_CLAMP]."""
+        mean = torch.as_tensor(mean)
+        if tuple(mean.shape) != self.input_shape:
+            raise InputError(f"mean must have the input shape {list(self.input_shape)}, got {list(mean.shape)}")
+        out = mean.new_zeros((self.num_params,) + self.input_shape) if out is None else out
+        return (mean.clamp(self.MEAN_CLAMP, 1 - self.MEAN_CLAMP) if clamp else mean), out
+
+    def _set_location(self, out, channels, value) -> torch.Tensor:
+        """``out`` [P, *input_shape] with each of ``channels`` replaced by ``value`` [*input_shape]."""
+        out = out.clone()
+        for c in channels:
+            out.select(0, c).copy_(value)
+        return out
+
+    def _invert_mean(self, mean, out, channels, bound: float = 1e3, steps: int = 80) -> torch.Tensor:
+        """Bisection for the location v in [−bound, bound] with E[x | out, channels = v] = mean, per
+        pixel, for a mean increasing in the location (as for every likelihood here)."""
+        lo, hi = torch.full_like(mean, -bound), torch.full_like(mean, bound)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            below = self.mean(self._set_location(out, channels, mid)) < mean
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return self._set_location(out, channels, (lo + hi) / 2)
+
     def _channel(self, out: torch.Tensor, i: int) -> torch.Tensor:
         """The i-th of the P numbers per pixel: [..., P, *input_shape] → [..., *input_shape]."""
         dim = -len(self.input_shape) - 1
@@ -123,6 +165,11 @@ class BernoulliLikelihood(UnitIntervalLikelihood):
     def log_density(self, out, x):
         return self._sum_pixels(self._bernoulli_part(self.params(out)["logits"], x))
 
+    def output_for_mean(self, mean, out=None):
+        """logits = logit(clamp(mean, 10⁻³, 1 − 10⁻³)): sigmoid(logits) is the (clamped) mean."""
+        mean, out = self._start(mean, out, clamp=True)
+        return self._set_location(out, (0,), torch.logit(mean))
+
     def describe(self):
         return "Bernoulli(sigmoid(f_θ(z)))"
 
@@ -140,6 +187,17 @@ class ContinuousBernoulliLikelihood(UnitIntervalLikelihood):
         log_c = torch.where(logits.abs() < 1e-3, math.log(2.0) + logits**2 / 12,
                             torch.log(safe / torch.tanh(safe / 2)))
         return self._sum_pixels(self._bernoulli_part(logits, x) + log_c)
+
+    #: clamped more than the Bernoulli's: E[x] = 1/(1 − e^{−l}) − 1/l ≈ 1/|l| near 0, so a mean of
+    #: 10⁻³ would need l ≈ −1000 (a density so peaked that one bright pixel costs ~1000 nats), and
+    #: torch computes this mean through sigmoid(l), exact in float32 only for |l| ≲ 16; 0.1 ↔ l ≈ −10
+    MEAN_CLAMP = 0.1
+
+    def output_for_mean(self, mean, out=None):
+        """The logits l with E[x] = 1/(1 − e^{−l}) − 1/l equal to clamp(mean, 0.1, 0.9) (not
+        sigmoid(l): the continuous Bernoulli's mean is pulled toward ½), found by bisection."""
+        mean, out = self._start(mean, out, clamp=True)
+        return self._invert_mean(mean, out, (0,))
 
     def describe(self):
         return "ContinuousBernoulli(sigmoid(f_θ(z)))"
@@ -167,6 +225,11 @@ class LocScaleLikelihood(Likelihood):
 
     def distribution(self, loc, scale):
         return self.family(loc, scale)
+
+    def output_for_mean(self, mean, out=None):
+        """loc = mean (the mean of the Gaussian and the Laplace); a decoded scale's channel is kept."""
+        mean, out = self._start(mean, out)
+        return self._set_location(out, (0,), mean)
 
 
 @LIKELIHOODS.register("gaussian")
@@ -273,6 +336,14 @@ class DiscretizedLogisticLikelihood(Likelihood):
         if self.components == 1:
             return self._sum_pixels(discretized_logistic_log_prob(x, **p))
         return self._sum_pixels(discretized_logistic_mixture_log_prob(x, **p))
+
+    def output_for_mean(self, mean, out=None):
+        """The location(s) μ (all K at the same value) with E[x] = clamp(mean, 10⁻³, 1 − 10⁻³), by
+        bisection: E[x] of the discretized logistic is not μ (its end bins absorb the tails), and
+        it depends on the scales and weights, which are kept from ``out``."""
+        mean, out = self._start(mean, out, clamp=True)
+        K = self.components
+        return self._invert_mean(mean, out, (0,) if K == 1 else tuple(range(K, 2 * K)))
 
     def check_range(self, lo, hi):
         if lo < 0 or hi > 1:

@@ -38,7 +38,7 @@ from .. import checks
 from ..errors import ConfigError
 from ..registry import Registry
 from .pathwise import DReG_IWAE, STL_ELBO
-from .traces import elbo_particles, kl_or_none, traces
+from .traces import elbo_particles, kl_or_none, summed_log_density, traces
 
 
 class MeanField_ELBO(ELBO):
@@ -52,7 +52,8 @@ class MeanField_ELBO(ELBO):
     Pyro's class evaluates log p and log q at every site before choosing, so for a VAE with a
     closed-form KL it computes log p(z) and log q(z|x) and then discards them (2–4% of a
     784-400-50 MNIST step on a CPU, BENCHMARKS.md). This one computes each latent site's KL
-    once, and log-densities only where there is none — the same value, gradients and draws under
+    once, and log-densities only where there is none (an observed Bernoulli's only as its sum, in
+    one fused kernel: :func:`pyrovae.inference.traces.summed_log_density`) — the same value, gradients and draws under
     the same seed (tests/test_elbos.py), and the same behaviour on the cases of Pyro's own test
     suite that exercise ``TraceMeanField_ELBO`` (tests/test_meanfield_conformance.py). While
     Pyro's validation is on (and for a ``GuideMessenger`` guide) it traces exactly as Pyro's class
@@ -84,8 +85,9 @@ class MeanField_ELBO(ELBO):
                 _warn_unless_in_model_order(model_trace, guide_trace)
         else:
             model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
+            _sum_observed_in_one_kernel(model_trace)
         closed = _closed_form_kls(model_trace, guide_trace)
-        model_trace.compute_log_prob(lambda name, site: name not in closed)  # memoized: no-op when done
+        model_trace.compute_log_prob(lambda name, site: name not in closed and "log_prob_sum" not in site)
         if any(s["type"] == "sample" and n not in closed for n, s in guide_trace.nodes.items()):
             guide_trace.compute_score_parts()
         return model_trace, guide_trace
@@ -121,6 +123,17 @@ class MeanField_ELBO(ELBO):
                 (surrogate_particle / self.num_particles).backward(retain_graph=self.retain_graph)
         warn_if_nan(loss, "loss")
         return loss
+
+
+def _sum_observed_in_one_kernel(model_trace) -> None:
+    """Store s·Σ log p(x) as ``log_prob_sum`` at each observed site whose distribution has a fused
+    summed form (:func:`pyrovae.inference.traces.summed_log_density`: a Bernoulli likelihood, the
+    BCE of a hand-written loop); the ELBO needs only that sum there, not the element-wise log p."""
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and site["is_observed"]:
+            total = summed_log_density(site)
+            if total is not None:
+                site["log_prob_sum"] = total
 
 
 def _warn_unless_in_model_order(model_trace, guide_trace) -> None:

@@ -20,7 +20,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_site_shape
-from torch.distributions import kl_divergence
+from torch.distributions import Bernoulli, Independent, kl_divergence
+from torch.nn.functional import binary_cross_entropy_with_logits
 
 #: the name of the plate over vectorized particles (pyrovae's estimators)
 PARTICLES = "_num_particles_vectorized"
@@ -125,6 +126,29 @@ def kl_or_none(guide_site, model_site: Optional[dict], scale=1.0):
     except NotImplementedError:
         return None
     return scale_and_mask(kl, scale, guide_site["mask"])
+
+
+def summed_log_density(site) -> Optional[torch.Tensor]:
+    """s · Σ log p(x) of a sample site, a scalar, in one fused kernel where its distribution has one, else None.
+
+    For a Bernoulli (any ``Independent`` wrapping, given by ``logits`` or ``probs``) at a value of
+    its own batch shape, unmasked, with a number s as its scale: −s · BCE(logits, x) summed in
+    ``binary_cross_entropy_with_logits(reduction="sum")`` — the hand-written loss, one kernel
+    forward and one backward instead of the element-wise log-density [B, D], its negation and
+    its sum. The same value as ``site["fn"].log_prob(site["value"]).sum()`` scaled (up to the
+    order of the float sum). None when a distribution validates its arguments or the site has
+    extra arguments, a mask or a tensor scale: then the caller computes it the general way."""
+    fn, value, scale = site["fn"], site["value"], site["scale"]
+    if site["mask"] is not None or site["args"] or site["kwargs"] or torch.is_tensor(scale):
+        return None
+    while isinstance(fn, Independent) and type(fn).log_prob is Independent.log_prob:
+        fn = fn.base_dist
+    if type(fn).log_prob is not Bernoulli.log_prob or fn._validate_args:
+        return None
+    logits = fn.logits
+    if logits.shape != value.shape:
+        return None
+    return -binary_cross_entropy_with_logits(logits, value, reduction="sum") * scale
 
 
 def elbo_particles(elbo, model, guide, args, kwargs):

@@ -86,6 +86,9 @@ class ScaleData(Messenger):
         if msg["type"] == "sample" and self._over_batch(msg):
             msg["scale"] = self.scale * msg["scale"]
 
+    def _postprocess_message(self, msg):
+        """Nothing on the way back (skips ``Messenger``'s look-up of a ``_pyro_post_*`` method at every site)."""
+
 
 class ScaleLatents(Messenger):
     """Multiply the log-density of every latent (unobserved) sample site by ``beta``.
@@ -102,6 +105,8 @@ class ScaleLatents(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.beta * msg["scale"]
+
+    _postprocess_message = ScaleData._postprocess_message
 
 
 def scales_inside(elbo) -> bool:

@@ -15,6 +15,7 @@ E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) ≤ log p(x) with any Pyro ELBO.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import pyro
@@ -24,7 +25,7 @@ from torch import nn
 from .. import checks
 from ..components.guides import GUIDES, DiagonalNormal
 from ..components.likelihoods import Likelihood
-from ..components.nets import NETS
+from ..components.nets import NETS, ConvDecoder
 from ..components.priors import StandardNormal
 from ..errors import InputError, InputTypeError
 from .base import LatentVariableModel, component_name
@@ -74,6 +75,58 @@ class VAE(LatentVariableModel):
                                               num_params=self.likelihood.num_params, hidden=hidden,
                                               activation=activation)
         return encoder or default_enc, decoder or default_dec
+
+    @torch.no_grad()
+    def init_output_bias(self, x: torch.Tensor) -> None:
+        """Start p(x|z) at the data's mean: set the decoder's last bias b so that, were the last
+        layer's weights zero, E[x | z] = x̄ for every z (its weights are left as they are).
+
+        ``x``: training data [N, *input_shape], or their mean x̄ [*input_shape]. b is the
+        likelihood's :meth:`~pyrovae.components.likelihoods.Likelihood.output_for_mean` of x̄:
+        logit(clamp(x̄, 10⁻³, 1 − 10⁻³)) for the Bernoulli (the marginal log-odds, Burda et al.'s
+        start), loc = x̄ for the Gaussians and the Laplace, a numerical inverse of the mean for the
+        continuous Bernoulli and the discretized logistic; a decoded scale's or mixture weights'
+        biases are kept. An MLP decoder (last layer an ``nn.Linear`` with P·D outputs) gets one
+        bias per pixel; the conv decoder's last layer has one bias per output channel, so it gets
+        that of the per-channel mean of x̄ (over H and W). Why: the decoder otherwise has to reach
+        the mean image's logits (−5 to −7 at MNIST's border) through its weights, which with tanh
+        networks and the VampPrior collapses the posterior (BENCHMARKS.md, issue 15).
+        InputError for another decoder or a likelihood with no ``output_for_mean``; DataError for x
+        of the wrong shape or outside the likelihood's support.
+        """
+        layer, per_pixel = self._output_layer()
+        mean, P = self._data_mean(x), self.likelihood.num_params
+        if per_pixel:  # bias [P·D]: the output [P, *input_shape] itself
+            out = self.likelihood.output_for_mean(mean, layer.bias.reshape((P,) + self.input_shape))
+            layer.bias.copy_(out.flatten())
+            return
+        C = layer.bias.numel() // P  # bias [P·C]: one number per channel, the same at every pixel
+        pixels = mean.numel() // C
+
+        def spread(t):  # [..., C] → [..., *input_shape], constant over each channel's pixels
+            return t.unsqueeze(-1).expand(*t.shape, pixels).reshape(*t.shape[:-1], *self.input_shape)
+        out = self.likelihood.output_for_mean(spread(mean.reshape(C, pixels).mean(-1)), spread(layer.bias.reshape(P, C)))
+        layer.bias.copy_(out.reshape(P, C, pixels)[..., 0].flatten())
+
+    def _output_layer(self) -> tuple:
+        """(the decoder's last layer, whether its bias is per pixel) for :meth:`init_output_bias`."""
+        P, D = self.likelihood.num_params, math.prod(self.input_shape)
+        net = getattr(self.decoder, "net", self.decoder)
+        last = net[-1] if isinstance(net, nn.Sequential) and len(net) else None
+        if isinstance(last, nn.Linear) and last.bias is not None and last.out_features == P * D:
+            return last, True
+        if isinstance(self.decoder, ConvDecoder):
+            return last, False
+        raise InputError(f"init_output_bias needs a decoder whose last layer is an nn.Linear with bias and "
+                         f"P·D = {P * D} outputs (the built-in 'mlp'), or the built-in 'conv' decoder; "
+                         f"got {type(self.decoder).__name__} ending in {type(last).__name__}")
+
+    def _data_mean(self, x) -> torch.Tensor:
+        """x̄ [*input_shape] of data x [N, *input_shape] (or x̄ itself), checked against the likelihood."""
+        batch = x.unsqueeze(0) if isinstance(x, torch.Tensor) and tuple(x.shape) == self.input_shape else x
+        self.likelihood.check_range(*checks.data_tensor(batch, self.input_shape))
+        param = next(self.decoder.parameters())
+        return batch.to(param).mean(0)
 
     def _feature_dim(self) -> int:
         h = self._probe(self.encoder, self.input_shape)
