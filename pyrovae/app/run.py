@@ -56,7 +56,11 @@ def _binarize(cfg: dict) -> str:
 def data_variant(cfg: dict) -> str:
     """E.g. ``"mnist, dynamic binarization (test set binarized once, seed 1)"``."""
     d = cfg["data"]
-    return f"{d['dataset']}, {VARIANTS[_binarize(cfg)] if is_image_dataset(d['dataset']) else 'real-valued'}"
+    if not is_image_dataset(d["dataset"]):
+        return f"{d['dataset']}, real-valued"
+    if d["dataset"] == "arrays" and _binarize(cfg) == "none":  # float arrays are used as stored
+        return f"arrays ({d['path']}), values as stored (8-bit integers as k/255)"
+    return f"{d['dataset']}, {VARIANTS[_binarize(cfg)]}"
 
 
 def load_data(cfg: dict, device="cpu"):
@@ -232,6 +236,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
                     callbacks=loggers, precision=t["precision"])
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
+        "split": getattr(train_split, "note", "") or "the data set's own train/test split",
         "model": vae.describe(), "parameters": sum(p.numel() for p in vae.parameters()),
         "epochs": len(history), "final": history[-1], "train_seconds_this_session": time.perf_counter() - start,
         "device": str(device), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
