@@ -5,6 +5,11 @@
 ``estimators``   per-datapoint ELBO estimates (Monte Carlo, analytic KL, the notes' closed form) and
                  the importance-weighted bound, in nats
 ``elbos``        Pyro's ELBOs by name (:data:`ELBOS`) and :class:`MeanField_ELBO`
+``pathwise``     lower-variance gradients: :class:`STL_ELBO` (sticking the landing), :class:`DReG_IWAE`
+``optim``        Adam's settings, learning-rate schedules by name (Burda et al.'s), gradient clipping
+``callbacks``    the callback protocol a training run calls (start, step, epoch end, end)
+``precision``    bf16 networks under ``torch.autocast``, log-densities in float32
+``distributed``  data-parallel training under ``torchrun`` (gloo/NCCL): shards, all-reduce, rank 0 writes
 ``train``        :func:`train`: SVI over a data set, minibatches scaled to its size, checkpoints
 ``checkpoint``   atomic checkpoint files read back without unpickling arbitrary objects
 ===============  ==================================================================================
