@@ -230,11 +230,17 @@ def _check_output_bias(m: dict) -> None:
                           f"got {m['family']!r}")
 
 
+def optimizer_options(t: dict) -> dict:
+    """The [train] section's optimizer keys as :func:`pyrovae.train`'s (and
+    :class:`~pyrovae.inference.optim.OptimizerSettings`') arguments; ``clip_norm = 0`` is off (None)."""
+    return dict(lr=t["lr"], lr_schedule=t["lr_schedule"], lr_schedule_options=t["lr_schedule_options"],
+                betas=(t["adam_beta1"], t["adam_beta2"]), eps=t["adam_eps"], clip_norm=t["clip_norm"] or None)
+
+
 def _check_optimizer(t: dict) -> None:
     """Build the optimizer settings once, so a schedule's unknown or bad option fails on load."""
     try:
-        OptimizerSettings(lr=t["lr"], lr_schedule=t["lr_schedule"], lr_schedule_options=t["lr_schedule_options"],
-                          betas=(t["adam_beta1"], t["adam_beta2"]), eps=t["adam_eps"])
+        OptimizerSettings(**optimizer_options(t))
     except InputError as e:
         raise ConfigError(f"train.{e}") from None
 

@@ -226,11 +226,10 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     data, test_data, extra = training_data(cfg, vae, train_split, test_split)
     loggers = logs.build_loggers(t["log"], out, config=cfg, images=_image_hook(vae, test_split)) if main else []
     start = time.perf_counter()
-    history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
+    history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
                     test_data=test_data, device=str(device), extra=extra, gradient=t["gradient"],
-                    lr_schedule=t["lr_schedule"], lr_schedule_options=t["lr_schedule_options"],
-                    betas=(t["adam_beta1"], t["adam_beta2"]), eps=t["adam_eps"], clip_norm=t["clip_norm"] or None,
+                    **cfgmod.optimizer_options(t),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape), "num_classes": classes},
                     callbacks=loggers, precision=t["precision"])
