@@ -26,6 +26,12 @@ def positive_float(name: str, value) -> float:
     return float(value)
 
 
+def non_negative_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or math.isinf(value):
+        raise InputError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
 def shape(name: str, value) -> tuple:
     """An int (flat data) or a tuple of positive ints → a tuple."""
     dims = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value

@@ -177,3 +177,5 @@ def test_evaluate_shows_its_estimate_and_running_bound_and_keeps_its_numbers(tmp
     assert "evaluate: 300 datapoints, k = 20: about " in err
     iw = quiet["estimators"]["iwae_bound(k=20)"]
     assert f"log p(x) ≥ {iw['mean']:.2f} ± {iw['se']:.2f}" in err       # the bar's last running bound: all 300
+    # each estimator's own wall time is recorded (the bound's is the protocol's cost)
+    assert set(quiet["seconds"]) == set(quiet["estimators"]) and all(t > 0 for t in quiet["seconds"].values())

@@ -28,6 +28,9 @@ def torch_lrs(make_scheduler, epochs, lr=0.1):
     ("step", {"step_size": 3, "gamma": 0.5}, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5)),
     ("exponential", {"gamma": 0.9}, lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9)),
     ("constant", {}, lambda o: torch.optim.lr_scheduler.ConstantLR(o, factor=1.0)),
+    # eta_min = final · lr; past total_epochs torch's closed form turns back up, ours stays at the floor
+    ("cosine", {"total_epochs": 20, "final": 0.01},
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20, eta_min=0.1 * 0.01)),
 ])
 def test_schedules_match_torchs_schedulers(name, options, reference):
     settings = OptimizerSettings(lr=0.1, lr_schedule=name, lr_schedule_options=options)
@@ -52,6 +55,15 @@ def test_burda_schedule_is_the_papers():
     assert [short.lr_at(e) for e in epochs] == pytest.approx([1e-3 * 10 ** (-i / 7) for i in stages], rel=1e-12)
 
 
+def test_cosine_ends_at_its_floor_and_stays_there():
+    s = OptimizerSettings(lr=1e-3, lr_schedule="cosine", lr_schedule_options={"total_epochs": 10, "final": 0.1})
+    assert s.lr_at(1) == pytest.approx(1e-3)
+    assert s.lr_at(6) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert s.lr_at(11) == s.lr_at(500) == pytest.approx(1e-4)
+    with pytest.raises(InputError, match="lr_schedule_options.final must be a non-negative number, got -0.5"):
+        OptimizerSettings(lr_schedule="cosine", lr_schedule_options={"final": -0.5})
+
+
 def test_bad_optimizer_settings_name_the_argument():
     with pytest.raises(InputError, match=r"betas must be two numbers in \[0, 1\).*got \(0.9, 1.0\)"):
         OptimizerSettings(betas=(0.9, 1.0))
@@ -61,15 +73,15 @@ def test_bad_optimizer_settings_name_the_argument():
         OptimizerSettings(lr_schedule="step", lr_schedule_options={"gamma": 0})
     with pytest.raises(ConfigError, match="unknown option.*'decay'.*lr_schedule 'step'; valid options: step_size, gamma"):
         OptimizerSettings(lr_schedule="step", lr_schedule_options={"decay": 0.5})
-    with pytest.raises(ConfigError, match="unknown lr_schedule 'cosine'; expected one of burda, constant"):
-        OptimizerSettings(lr_schedule="cosine")
+    with pytest.raises(ConfigError, match="unknown lr_schedule 'linear'; expected one of burda, constant, cosine"):
+        OptimizerSettings(lr_schedule="linear")
 
 
 def test_config_keys_are_checked_on_load():
     cfg = cfgmod.load(overrides=["train.lr_schedule=burda", "train.clip_norm=5.0", "train.adam_eps=1e-4"])
     assert cfg["train"]["lr_schedule"] == "burda" and cfg["train"]["adam_eps"] == 1e-4
     for override, message in [("train.adam_beta1=1.0", r"train.adam_beta1 must be in \[0, 1\), got 1.0"),
-                              ("train.lr_schedule=cosine", "train.lr_schedule must be one of 'burda'"),
+                              ("train.lr_schedule=linear", "train.lr_schedule must be one of 'burda'"),
                               ("train.clip_norm=-2.0", "train.clip_norm must be >= 0"),
                               ("train.gradient=fancy", "train.gradient must be one of 'standard', 'stl', 'dreg'"),
                               ("train.lr_schedule_options={decay=1}", "unknown option.*'decay'.*lr_schedule 'constant'")]:

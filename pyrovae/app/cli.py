@@ -157,7 +157,7 @@ def cmd_evaluate(args):
         bits = result.get("bits_per_dim", {})  # 8-bit likelihoods: the same in bits per dimension
         for name, v in result["estimators"].items():
             in_bits = f"   {bits[name]['mean']:.4f} ± {bits[name]['se']:.4f} bits/dim" if name in bits else ""
-            print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}{in_bits}")
+            print(f"  {name:<24} {v['mean']:10.3f} ± {v['se']:.3f}{in_bits}   ({result['seconds'][name]:.1f} s)")
         if "accuracy" in result:
             print(f"  {'test accuracy':<24} {result['accuracy']['mean']:10.4f} ± {result['accuracy']['se']:.4f} "
                   f"(classification error {100 * (1 - result['accuracy']['mean']):.2f}%)")

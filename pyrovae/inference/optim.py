@@ -11,6 +11,8 @@ schedule exactly where the checkpoint left it. Schedules by name (:data:`SCHEDUL
     burda        lr · 10^(−i / (stages − 1)) in stage i = 0 … stages − 1, stage i lasting
                  growth^i epochs: Burda, Grosse & Salakhutdinov (2016, §5), 8 stages of 3^i epochs,
                  3,280 epochs in all; ``total_epochs`` stretches or shrinks the stages in proportion
+    cosine       lr · (f + (1 − f)·(1 + cos(π·(epoch − 1)/total_epochs))/2), f = ``final``; after
+                 total_epochs + 1 it stays at lr · f   (torch.optim.lr_scheduler.CosineAnnealingLR)
 
 A new schedule is one class with ``factor(epoch)`` and one ``@SCHEDULES.register`` line.
 :class:`OptimizerSettings` holds all of it and is saved in checkpoints (:meth:`~OptimizerSettings.spec`).
@@ -18,6 +20,7 @@ A new schedule is one class with ``factor(epoch)`` and one ``@SCHEDULES.register
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -100,6 +103,21 @@ class Burda(Schedule):
 
     def factor(self, epoch: int) -> float:
         return 10.0 ** (-self.stage(epoch) / max(self.stages - 1, 1))
+
+
+@SCHEDULES.register("cosine")
+class Cosine(Schedule):
+    """Half a cosine from the base rate down to ``final`` × the base rate over ``total_epochs``
+    epochs (Loshchilov & Hutter 2017, without restarts): on a fixed budget it keeps the rate near its
+    peak for longer than step decays and still ends low."""
+
+    def __init__(self, total_epochs: int = 100, final: float = 0.0):
+        self.total_epochs = checks.positive_int("lr_schedule_options.total_epochs", total_epochs)
+        self.final = checks.non_negative_float("lr_schedule_options.final", final)
+
+    def factor(self, epoch: int) -> float:
+        t = min(epoch - 1, self.total_epochs) / self.total_epochs
+        return self.final + (1.0 - self.final) * (1.0 + math.cos(math.pi * t)) / 2.0
 
 
 @dataclass
