@@ -23,6 +23,8 @@ that is not registered is a ValueError naming the key, what is allowed and what 
     clip_norm = 0.0          # > 0: clip each step's gradient to this total norm
     log = ["csv"]            # what the run writes as it trains: csv | tensorboard | mlflow (pyrovae.app.logs)
     precision = "float32"    # float32 | bf16 (networks under torch.autocast, log-densities in float32)
+    fast_step = true         # trace / mean-field, one particle: steps without Pyro's trace bookkeeping,
+                             # checked equal to the Pyro ELBO first (pyrovae.inference.faststep)
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "kl_warmup": 0, "seed": 0, "device": "auto", "classifier_weight": 0.0,
               "lr_schedule": "constant", "lr_schedule_options": {}, "adam_beta1": 0.9, "adam_beta2": 0.999,
               "adam_eps": 1e-8, "clip_norm": 0.0, "gradient": "standard",
-              "precision": "float32", "log": ["csv"]},
+              "precision": "float32", "log": ["csv"], "fast_step": True},
 }
 
 #: the top-level key listing the user's own component modules

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import pyro
 import torch
 from pyro.infer import RenyiELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -42,6 +43,7 @@ from .optim import OptimizerSettings, set_lr
 from .pathwise import DReG_IWAE
 from .precision import with_precision
 from .estimators import elbo_parts
+from .faststep import FastStep
 from .pairs import check_pair_on
 from .traces import PARTICLE_PLATES, nesting_of, params_of
 
@@ -261,7 +263,7 @@ class Trainer:
 
     def __init__(self, model, guide, data, *, batch_size, elbo, num_particles, test_data, device, lr: float = 1e-3,
                  validate: bool = False, extra: Sequence[Term] = (), optim: Optional[OptimizerSettings] = None,
-                 gradient: str = "standard", precision: str = "float32"):
+                 gradient: str = "standard", precision: str = "float32", fast_step: bool = True):
         self.device = resolve_device(device)
         self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
         for fn in (model, guide, *[f for t in extra for f in (t.model, t.guide)]):
@@ -277,6 +279,7 @@ class Trainer:
         self.shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
         self.batch_points = 0  # the datapoints of the last step, over all ranks
         self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
+        self.fast = FastStep.for_elbo(self.elbo) if fast_step else None  # checked against self.elbo before use
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
@@ -329,6 +332,10 @@ class Trainer:
         gradients add up in the parameters' ``.grad``."""
         pair, factor = self._scaled_pair(batch_size_of(args, kwargs), term, scales_inside(elbo))
         if factor == 1.0:
+            if term is None and self.fast is not None and not is_validation_enabled():
+                loss = self.fast.loss_and_grads(*pair, args, kwargs)  # None: the Pyro ELBO takes this step
+                if loss is not None:
+                    return loss
             return elbo.loss_and_grads(*pair, *args, **kwargs)
         held = [(p, p.grad) for p in self.params.values()]
         for p, _ in held:
@@ -531,7 +538,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
           validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None,
           extra: Sequence[Term] = (), lr_schedule="constant", lr_schedule_options: Optional[dict] = None,
           betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, clip_norm: Optional[float] = None,
-          gradient: str = "standard", precision: str = "float32") -> List[dict]:
+          gradient: str = "standard", precision: str = "float32", fast_step: bool = True) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -578,6 +585,10 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
             all-reduced (:mod:`pyrovae.inference.distributed`); rank 0 alone shows progress, writes the
             checkpoint and calls ``callback``; every rank reads the checkpoint on ``resume``.
+        fast_step: once the first steps are done, a ``Trace_ELBO`` or ``"mean-field"`` pair of one
+            particle runs without Pyro's trace bookkeeping — the same loss and gradients, checked
+            against the Pyro ELBO on the same draws before it is used (:mod:`pyrovae.inference.faststep`);
+            False always runs the Pyro ELBO.
         kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
             β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
             0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
@@ -592,7 +603,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
                               betas=betas, eps=eps, clip_norm=clip_norm)
     trainer = Trainer(model, guide, data, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
                       test_data=test_data, device=device, validate=validate, extra=extra, optim=optim,
-                      gradient=gradient, precision=precision)
+                      gradient=gradient, precision=precision, fast_step=fast_step)
     trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))
