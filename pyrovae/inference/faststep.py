@@ -38,6 +38,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO
+from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -156,7 +157,7 @@ class FastStep:
         for name, site in guide_sites.items():  # auxiliary guide sites
             if name not in model_sites:
                 elbo = elbo - log_prob_sum(site)
-        return -elbo.item(), -elbo
+        return -torch_item(elbo), -elbo
 
     def loss_and_grads(self, model, guide, args: tuple, kwargs: dict) -> Optional[float]:
         """−ELBO as a number after adding its gradient to the parameters' ``.grad`` (as
@@ -169,7 +170,7 @@ class FastStep:
         if signature(model_sites, guide_sites) != self.sites:
             return self._off("the pair's sites changed between steps")
         loss, surrogate = self.losses(model_sites, guide_sites)
-        if surrogate.requires_grad:
+        if getattr(surrogate, "requires_grad", False):
             surrogate.backward()
         return loss
 
