@@ -66,7 +66,7 @@ def hierarchical_pair():
         g = pyro.sample("g", dist.Normal(0.0, 1.0))
         with pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
-            z1 = pyro.sample("z1", dist.Normal(z2 + g, 0.5).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2 + g.unsqueeze(-1), 0.5).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=dec(z1)).to_event(1), obs=x)
         pyro.factor("penalty", -0.1 * g ** 2)
 
@@ -124,14 +124,14 @@ PAIRS = {
 ELBOS = {"trace": (Trace_ELBO, Trace_ELBO), "mean-field": (MeanField_ELBO, TraceMeanField_ELBO)}
 
 
-def steps(pair, Elbo, fast: bool, n: int = 3, x=X):
+def steps(pair, Elbo, fast: bool, n: int = 3, x=X, particles: int = 1):
     """``n`` steps from seed 0 (SGD on the gradients between them): [(loss, {param: grad})], FastStep's
     state. With ``fast``, the first step is the Pyro ELBO's, the second FastStep's check, then FastStep."""
     pyro.clear_param_store()
     torch.manual_seed(1)
     model, guide = pair()
     pyro.set_rng_seed(0)
-    elbo = Elbo()
+    elbo = Elbo(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=2)
     step = FastStep.for_elbo(elbo) if fast else None
     out = []
     with pyro.validation_enabled(False):
@@ -158,14 +158,17 @@ def assert_same(a, b, rel=0.0):
             assert torch.allclose(grads_a[k], grads_b[k], rtol=rel, atol=rel * grads_b[k].abs().max()), k
 
 
+@pytest.mark.parametrize("particles", [1, 3])
 @pytest.mark.parametrize("elbo", ELBOS)
 @pytest.mark.parametrize("pair", PAIRS)
-def test_fast_step_is_pyros_elbo_to_the_bit(pair, elbo):
+def test_fast_step_is_pyros_elbo_to_the_bit(pair, elbo, particles):
+    """r = 1, and r = 3 particles vectorized in Pyro's plate."""
     ours, pyros = ELBOS[elbo]
-    fast, state = steps(PAIRS[pair], ours, fast=True)
+    fast, state = steps(PAIRS[pair], ours, fast=True, particles=particles)
     assert state == "on"
-    assert_same(fast, steps(PAIRS[pair], ours, fast=False)[0])
-    assert_same(fast, steps(PAIRS[pair], pyros, fast=False)[0], rel=0.0 if pyros is ours else 1e-5)
+    assert_same(fast, steps(PAIRS[pair], ours, fast=False, particles=particles)[0])
+    assert_same(fast, steps(PAIRS[pair], pyros, fast=False, particles=particles)[0],
+                rel=0.0 if pyros is ours else 1e-5)
 
 
 def score_function_pair():
@@ -256,8 +259,9 @@ def test_a_fast_step_that_disagrees_is_not_used(monkeypatch):
     assert_same(fast, steps(lambda: vae_pair(), Trace_ELBO, fast=False)[0])
 
 
+@pytest.mark.parametrize("particles", [1, 3])
 @pytest.mark.parametrize("elbo", ["trace", "mean-field"])
-def test_trainer_with_and_without_the_fast_step_trains_the_same_parameters(elbo):
+def test_trainer_with_and_without_the_fast_step_trains_the_same_parameters(elbo, particles):
     """pyrovae's trainer (minibatches scaled by ScaleData, Adam) for two epochs: identical
     parameters and history with ``fast_step`` on (used from the second step) and off."""
     import pyrovae
@@ -266,7 +270,7 @@ def test_trainer_with_and_without_the_fast_step_trains_the_same_parameters(elbo)
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         vae = pyrovae.VAE((D,), 2, hidden=(8,))
-        trainer = Trainer(vae.model, vae.guide, X, batch_size=5, lr=1e-2, elbo=elbo, num_particles=1,
+        trainer = Trainer(vae.model, vae.guide, X, batch_size=5, lr=1e-2, elbo=elbo, num_particles=particles,
                           test_data=None, device="cpu", fast_step=fast)
         history = [trainer.run_epoch(e) for e in (1, 2)]
         runs.append((history, {k: p.detach().clone() for k, p in trainer.params.items()},
@@ -276,8 +280,9 @@ def test_trainer_with_and_without_the_fast_step_trains_the_same_parameters(elbo)
     assert all(torch.equal(p_fast[k], p_pyro[k]) for k in p_pyro)
 
 
-def test_only_one_particle_trace_or_mean_field():
-    assert FastStep.for_elbo(Trace_ELBO(num_particles=2)) is None
+def test_only_trace_or_mean_field_with_vectorized_particles():
+    assert FastStep.for_elbo(Trace_ELBO(num_particles=2)) is None  # particles in a Python loop
+    assert FastStep.for_elbo(Trace_ELBO(num_particles=2, vectorize_particles=True)) is not None
     assert FastStep.for_elbo(TraceMeanField_ELBO()) is None  # Pyro's class: the trainer builds MeanField_ELBO
     assert FastStep.for_elbo(pyro.infer.RenyiELBO()) is None
     assert FastStep.for_elbo(MeanField_ELBO()).mean_field

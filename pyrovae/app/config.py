@@ -23,7 +23,7 @@ that is not registered is a ValueError naming the key, what is allowed and what 
     clip_norm = 0.0          # > 0: clip each step's gradient to this total norm
     log = ["csv"]            # what the run writes as it trains: csv | tensorboard | mlflow (pyrovae.app.logs)
     precision = "float32"    # float32 | bf16 (networks under torch.autocast, log-densities in float32)
-    fast_step = true         # trace / mean-field, one particle: steps without Pyro's trace bookkeeping,
+    fast_step = true         # trace / mean-field: steps without Pyro's trace bookkeeping,
                              # checked equal to the Pyro ELBO first (pyrovae.inference.faststep)
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pyro's ``Trace_ELBO`` (and :class:`~pyrovae.inference.elbos.MeanField_ELBO`) run the guide under
 ``poutine.trace``, the model under ``poutine.trace(poutine.replay(model, guide_trace))``, build
 two ``Trace`` graphs, copy them to drop the plates' subsample sites, and sum the sites'
-log-densities through them. For the common pair — one particle, every latent site sampled by the
+log-densities through them. For the common pair — r particles vectorized, every latent site sampled by the
 guide from a reparameterizable distribution (auxiliary guide sites too, as in autoguides),
 nothing enumerated — the same sums need none of the
 graphs: :class:`Recorder` keeps each sample site's message as Pyro's runtime leaves it (value,
@@ -31,6 +31,7 @@ turns it off.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
 import pyro
@@ -43,7 +44,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from .elbos import MeanField_ELBO
-from .traces import RngState, kl_or_none, summed_log_density
+from .traces import PYRO_PARTICLES, RngState, kl_or_none, summed_log_density
 
 #: relative tolerance of the check against the Pyro ELBO (loss and each gradient)
 TOLERANCE = 1e-6
@@ -108,8 +109,8 @@ def unsupported(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> O
 
 
 class FastStep:
-    """The fast step standing in for ``elbo`` (a ``Trace_ELBO`` or :class:`MeanField_ELBO` of one
-    particle; :meth:`for_elbo` gives None for any other), in one of three states: ``"unchecked"``,
+    """The fast step standing in for ``elbo`` (a ``Trace_ELBO`` or :class:`MeanField_ELBO`, its
+    particles vectorized; :meth:`for_elbo` gives None for any other), in one of three states: ``"unchecked"``,
     ``"on"`` (checked equal), ``"off"`` (not equal, or not applicable: the Pyro ELBO from then on)."""
 
     def __init__(self, elbo):
@@ -118,22 +119,37 @@ class FastStep:
 
     @classmethod
     def for_elbo(cls, elbo) -> Optional["FastStep"]:
-        if type(elbo) not in (Trace_ELBO, MeanField_ELBO) or elbo.num_particles != 1:
+        """A FastStep for a ``Trace_ELBO`` or :class:`MeanField_ELBO` whose particles, if several, are
+        vectorized; else None."""
+        if type(elbo) not in (Trace_ELBO, MeanField_ELBO) or (elbo.num_particles > 1 and not elbo.vectorize_particles):
             return None
         return cls(elbo)
 
     def run(self, model, guide, args, kwargs):
-        """(model sites, guide sites) of one run of the pair: the guide, then the model on its draws."""
-        with Recorder() as g:
+        """(model sites, guide sites) of one run of the pair: the guide, then the model on its draws;
+        r > 1 particles in Pyro's ``num_particles_vectorized`` plate, as the Pyro ELBO draws them."""
+        with Recorder() as g, self._particles():
             guide(*args, **kwargs)
-        with Recorder(g) as m:
+        with Recorder(g) as m, self._particles():
             model(*args, **kwargs)
         return m.sites, g.sites
 
+    def _particles(self):
+        r = self.elbo.num_particles
+        return pyro.plate(PYRO_PARTICLES, r, dim=-self.elbo.max_plate_nesting) if r > 1 else nullcontext()
+
     def losses(self, model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
-        """(−ELBO as a number, the surrogate −ELBO to differentiate), as the Pyro ELBO computes them."""
+        """(−ELBO as a number, the surrogate −ELBO to differentiate), as the Pyro ELBO computes them
+        (the sums over r particles divided by r)."""
         if self.mean_field:
-            return self._mean_field(model_sites, guide_sites)
+            loss, surrogate = self._mean_field(model_sites, guide_sites)
+        else:
+            loss, surrogate = self._trace(model_sites, guide_sites)
+        r = self.elbo.num_particles
+        return 0.0 + loss / r, surrogate / r
+
+    @staticmethod
+    def _trace(model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         elbo, surrogate = 0.0, 0
         model_sums = [log_prob_sum(site) for site in model_sites.values()]
         guide_sums = [log_prob_sum(site) for site in guide_sites.values()]
@@ -143,7 +159,8 @@ class FastStep:
             elbo, surrogate = elbo - lq.item(), surrogate - lq
         return -elbo, -surrogate
 
-    def _mean_field(self, model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
+    @staticmethod
+    def _mean_field(model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         kls = {n: closed_form_kl_sum(guide_sites[n], s) for n, s in model_sites.items() if not s["is_observed"]}
         elbo = 0.0
         for name, site in model_sites.items():

@@ -585,8 +585,8 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
             all-reduced (:mod:`pyrovae.inference.distributed`); rank 0 alone shows progress, writes the
             checkpoint and calls ``callback``; every rank reads the checkpoint on ``resume``.
-        fast_step: once the first steps are done, a ``Trace_ELBO`` or ``"mean-field"`` pair of one
-            particle runs without Pyro's trace bookkeeping — the same loss and gradients, checked
+        fast_step: once the first steps are done, a ``Trace_ELBO`` or ``"mean-field"`` pair (particles
+            vectorized) runs without Pyro's trace bookkeeping — the same loss and gradients, checked
             against the Pyro ELBO on the same draws before it is used (:mod:`pyrovae.inference.faststep`);
             False always runs the Pyro ELBO.
         kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
