@@ -5,6 +5,8 @@ Burda et al.'s network, the published protocol's) and the same test images (bina
 
 * ``pyrovae.iwae_bound, batches of 100`` — what ``pyrovae evaluate`` runs (its three r = 1 ELBOs
   cost about 1/k of this more);
+* ``... with evaluate --compile`` (``--compile``) — the same inside ``pyrovae.model.compiled``: the
+  decoder and the Bernoulli density compiled by ``torch.compile`` (compiled before the timing);
 * ``pyrovae.iwae_bound, per image`` — like for like with Pyro's utility;
 * ``pyrovae before issue 15`` — the same function with the previous code put back for the timing
   (chunks of 32768 particle × batch rows, the Bernoulli density by BCE-with-logits on x expanded
@@ -28,7 +30,7 @@ fixed seed: the speed does not depend on how well they are trained. The machine 
 other work, so absolute times are under load: read the ratios, measured side by side.
 
     python benchmarks/iwae_eval.py [--images 1000] [--k 5000] [--epochs 1] [--threads 2] [--repeats 1]
-        [--no-vamp] [--no-pyro] [--no-before]
+        [--no-vamp] [--no-pyro] [--no-before] [--compile]
 
 Short form (a minute or two on 2 idle cores): ``--images 200``.
 """
@@ -51,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyrovae  # noqa: E402
 from pyrovae.components import distributions as D  # noqa: E402
 from pyrovae.inference import estimators as est  # noqa: E402
+from pyrovae.model.compiled import compiled  # noqa: E402
 
 BATCH = 100
 
@@ -102,6 +105,11 @@ def previous_code():
 def pyrovae_batches(vae, x, k, chunk_size=None):
     return torch.cat([est.iwae_bound(vae.model, vae.guide, x[i:i + BATCH], num_samples=k, chunk_size=chunk_size)
                       for i in range(0, len(x), BATCH)])
+
+
+def pyrovae_compiled(vae, x, k):
+    with compiled(vae):
+        return pyrovae_batches(vae, x, k)
 
 
 def pyrovae_before(vae, x, k):
@@ -187,6 +195,9 @@ def report(rows, k, limit, reference):
 
 def methods_for(vae, x, k, args):
     rows = [("pyrovae.iwae_bound, batches of 100 (= evaluate)", pyrovae_batches)]
+    if args.compile:
+        pyrovae_compiled(vae, x[:BATCH], k)  # compiles for the chunks' shapes before the timing
+        rows.append(("... with evaluate --compile (torch.compile)", pyrovae_compiled))
     if not args.no_before:
         rows.append(("pyrovae before issue 15 (same function, old code)", pyrovae_before))
     rows.append(("pyrovae.iwae_bound, per image", pyrovae_per_image))
@@ -220,6 +231,7 @@ def main(argv=None):
     p.add_argument("--no-vamp", action="store_true")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-before", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time evaluate --compile (pyrovae.model.compiled)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,7 +252,10 @@ def main(argv=None):
     if args.no_vamp:
         return
     vamp = trained_vae(train, args.epochs, prior="vamp", prior_options={"components": 500})
+    if args.compile:
+        pyrovae_compiled(vamp, x[:BATCH], args.k)
     vamp_rows = race([("VampPrior: pyrovae.iwae_bound, batches of 100", pyrovae_batches)]
+                     + ([("VampPrior: ... with evaluate --compile", pyrovae_compiled)] if args.compile else [])
                      + ([] if args.no_before else [("VampPrior: pyrovae before (float64 mixture)", pyrovae_before)]),
                      vamp, x, args.k, args.repeats)
     print("\nVampPrior K = 500, the same network (its FLOP limit: the plain VAE's; vs hand: the plain VAE's loop)")

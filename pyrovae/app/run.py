@@ -16,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,7 @@ from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
 from ..lab.report import bits_per_dim_summary, mean_se
 from ..model import FAMILIES, ConditionalVAE, SemiSupervisedVAE
+from ..model.compiled import compiled
 from . import config as cfgmod
 from . import logs
 
@@ -312,7 +314,8 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
 
 
 def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_size: int = 100,
-                 device: Optional[str] = "auto", progress: bool = True, seed: int = 0) -> dict:
+                 device: Optional[str] = "auto", progress: bool = True, seed: int = 0,
+                 compile_networks: bool = False) -> dict:
     """Score the test set (its first ``test_size`` points; 0 = all) with every estimator.
 
     Per datapoint, in nats: ``mc_elbo`` (r = 1), ``analytic_elbo`` (r = 1), ``closed_form_elbo``
@@ -321,7 +324,9 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     8-bit likelihood (``likelihood.eight_bit``: the discretized logistic) also in bits per
     dimension, ``result["bits_per_dim"]`` (−log p(x)/(D ln 2), no correction: a probability).
     The draws are seeded by ``seed``: the same seed gives the same numbers; ``result["seconds"]`` is
-    each estimator's wall time (the bound's alone is the standard protocol's cost). Returns the result;
+    each estimator's wall time (the bound's alone is the standard protocol's cost). With
+    ``compile_networks`` the decoder and the Bernoulli density run compiled by ``torch.compile``
+    (:mod:`pyrovae.model.compiled`: the same draws, float32 rounding apart). Returns the result;
     :func:`write_evaluation` saves it.
     """
     for name, value in (("--iw-samples", iw_samples), ("--batch-size", batch_size)):
@@ -353,23 +358,24 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     values = {name: [] for name in fns}
     iwae_name = f"iwae_bound(k={iw_samples})"
     batches = range(0, len(x), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        seconds = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
-                                   iw_samples, len(batches))
-        print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(seconds)} (timed on a "
-              f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
-        batches = tqdm(batches, desc="evaluate", unit="batch")
-    seconds = dict.fromkeys(fns, 0.0)
-    with torch.no_grad():
-        for i in batches:
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                values[name].append(fn(args(i)).cpu())
-                seconds[name] += time.perf_counter() - start
-            if progress:
-                running = mean_se(torch.cat(values[iwae_name]))
-                batches.set_postfix_str(f"log p(x) ≥ {running['mean']:.2f} ± {running['se']:.2f}")
+    with compiled(vae) if compile_networks else nullcontext():  # the probe compiles too
+        if progress:
+            from tqdm.auto import tqdm
+            seconds = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
+                                       iw_samples, len(batches))
+            print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(seconds)} (timed on a "
+                  f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
+            batches = tqdm(batches, desc="evaluate", unit="batch")
+        seconds = dict.fromkeys(fns, 0.0)
+        with torch.no_grad():
+            for i in batches:
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    values[name].append(fn(args(i)).cpu())
+                    seconds[name] += time.perf_counter() - start
+                if progress:
+                    running = mean_se(torch.cat(values[iwae_name]))
+                    batches.set_postfix_str(f"log p(x) ≥ {running['mean']:.2f} ± {running['se']:.2f}")
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()},

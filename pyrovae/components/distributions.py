@@ -149,6 +149,12 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         return dist.Normal(self.locs[k], self.scales[k]).sample()
 
 
+def binary_log_density(logits: torch.Tensor, x: torch.Tensor, event: int) -> torch.Tensor:
+    """Σ_d log Bernoulli(x_d; sigmoid(l_d)) = −Σ_d softplus((1 − 2x_d) l_d) for binary x, summed over
+    the last ``event`` dimensions; x broadcasts against the logits (never expanded)."""
+    return -F.softplus(logits * (1 - 2 * x)).flatten(-event).sum(-1)
+
+
 class IndependentBernoulli(dist.TorchDistribution):
     """Π_d Bernoulli(x_d; sigmoid(l_d)) over the last ``event_dim`` dimensions of ``logits``.
 
@@ -156,6 +162,8 @@ class IndependentBernoulli(dist.TorchDistribution):
     x may be intensities in [0, 1] (relaxed targets: no support check). Batch shape ``logits.shape[:-event_dim]``.
     """
 
+    #: the binary density, :func:`binary_log_density` (a compiled one inside ``pyrovae.model.compiled``)
+    binary_density = staticmethod(binary_log_density)
     arg_constraints = {"logits": constraints.real}
     has_rsample = False
 
@@ -200,7 +208,7 @@ class IndependentBernoulli(dist.TorchDistribution):
                 logits, x = torch.broadcast_tensors(logits, x)
             bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
             return -bce.flatten(-event).sum(-1)
-        return -F.softplus(logits * (1 - 2 * x)).flatten(-event).sum(-1)
+        return self.binary_density(logits, x, event)
 
 
 # -- 8-bit images: the discretized logistic (Salimans et al. 2017, PixelCNN++) -------------------------
