@@ -287,3 +287,13 @@ def test_only_trace_or_mean_field_with_vectorized_particles():
     assert FastStep.for_elbo(pyro.infer.RenyiELBO()) is None
     assert FastStep.for_elbo(MeanField_ELBO()).mean_field
     assert faststep.TOLERANCE == 1e-6
+
+
+def test_a_fast_step_that_raises_gives_the_step_to_pyro(monkeypatch):
+    def raising(self, model, guide, args, kwargs):
+        raise IndexError("shape-dependent indexing")
+    monkeypatch.setattr(FastStep, "run", raising)
+    with pytest.warns(UserWarning, match=r"fast training step cannot run this pair \(IndexError: shape-dependent"):
+        fast, state = steps(lambda: vae_pair(), Trace_ELBO, fast=True)
+    assert state == "off"
+    assert_same(fast, steps(lambda: vae_pair(), Trace_ELBO, fast=False)[0])

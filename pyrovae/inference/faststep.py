@@ -181,6 +181,8 @@ class FastStep:
         ``elbo.loss_and_grads``), or None where the Pyro ELBO must take this step (state ``"off"``)."""
         if self.state == "off":
             return None
+        if self.elbo.num_particles > 1 and not self.elbo.vectorize_particles:  # the trainer's fallback
+            return self._off("the particles run one at a time")
         if self.state == "unchecked":
             return self._check(model, guide, args, kwargs)
         model_sites, guide_sites = self.run(model, guide, args, kwargs)
@@ -199,7 +201,14 @@ class FastStep:
         rng = RngState()
         reference = self.elbo.differentiable_loss(model, guide, *args, **kwargs)
         rng.restore()
-        model_sites, guide_sites = self.run(model, guide, args, kwargs)
+        try:
+            model_sites, guide_sites = self.run(model, guide, args, kwargs)
+        except Exception as e:  # the Pyro ELBO ran this pair; the fast step must not be what stops it
+            rng.restore()
+            warnings.warn(f"pyrovae's fast training step cannot run this pair ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); training uses "
+                          f"{type(self.elbo).__name__} itself", stacklevel=4)
+            return self._off(f"it raised {type(e).__name__}")
         params = [p for _, p in pyro.get_param_store().named_parameters() if p.requires_grad]
         ref_grads = _grads(reference, params)
         if not all(torch.isfinite(t).all() for t in [reference, *ref_grads] if t is not None):
