@@ -1,10 +1,11 @@
 """Burda et al.'s recipe under a wall-clock budget: train, then the standard evaluation.
 
-    PYROVAE_DATA_DIR=../shared/data python benchmarks/burda_recipe.py --name vae --minutes 90 --epochs 700
-    PYROVAE_DATA_DIR=../shared/data python benchmarks/burda_recipe.py --name iwae5-dreg --minutes 90 --epochs 350
+    PYROVAE_DATA_DIR=../shared/data python benchmarks/burda_recipe.py --name vae --schedule cosine --minutes 90 --epochs 1000
+    PYROVAE_DATA_DIR=../shared/data python benchmarks/burda_recipe.py --name iwae5-dreg --schedule cosine --minutes 90 --epochs 400
 
 Trains ``examples/configs/mnist-burda.toml`` (784-200-200-50 tanh, dynamic binarization, Adam
-ε = 1e-4, Burda's learning-rate stages shrunk to ``--epochs``) with ``pyrovae train`` in a child
+ε = 1e-4, Burda's learning-rate stages shrunk to ``--epochs``, or with ``--schedule cosine`` one
+half-cosine from 1e-3 to 1e-5 over them) with ``pyrovae train`` in a child
 process, stops it when ``--minutes`` of wall time have passed (SIGKILL: the last finished epoch's
 checkpoint is kept, issue 14), then runs ``pyrovae evaluate`` (IWAE, k = 5000, all 10,000 test
 images) on that checkpoint, draws the learning curve from metrics.csv, and writes
