@@ -158,6 +158,9 @@ def test_evaluation_time_estimate_scales_the_probe_and_keeps_the_draws():
     seconds = estimate_seconds(score, 5000, 10)
     assert calls == [250] and seconds >= 0
     assert torch.equal(torch.randn(2), before)          # the probe's draws were undone
+    torch.manual_seed(0)
+    estimate_seconds(score, 100, 10, warm_up=True)      # compiled networks: once untimed, then timed
+    assert calls == [250, 100, 100] and torch.equal(torch.randn(2), before)
     assert [format_seconds(s) for s in (42, 300, 7200)] == ["42 s", "5.0 min", "2.0 h"]
 
 

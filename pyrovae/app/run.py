@@ -358,11 +358,11 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     values = {name: [] for name in fns}
     iwae_name = f"iwae_bound(k={iw_samples})"
     batches = range(0, len(x), batch_size)
-    with compiled(vae) if compile_networks else nullcontext():  # the probe compiles too
+    with compiled(vae) if compile_networks else nullcontext():
         if progress:
             from tqdm.auto import tqdm
             seconds = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
-                                       iw_samples, len(batches))
+                                       iw_samples, len(batches), warm_up=compile_networks)
             print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(seconds)} (timed on a "
                   f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
             batches = tqdm(batches, desc="evaluate", unit="batch")
@@ -394,13 +394,16 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     return result
 
 
-def estimate_seconds(score, k: int, batches: int, probe: int = 250) -> float:
+def estimate_seconds(score, k: int, batches: int, probe: int = 250, warm_up: bool = False) -> float:
     """Seconds that ``batches`` batches of ``score(k)`` (the IWAE of one batch with k samples)
     should take: ``score(min(k, probe))`` timed once, without gradients and with the random state
     restored afterwards (the evaluation's draws are those it would have had), scaled by k / probe
-    and by the number of batches. An upper estimate: the probe's chunk is small and cold."""
+    and by the number of batches. An upper estimate: the probe's chunk is small and cold. With
+    ``warm_up`` the probe runs once untimed first (compiled networks compile on their first call)."""
     used = min(k, probe)
     with preserved_rng(), torch.no_grad():
+        if warm_up:
+            score(used)
         start = time.perf_counter()
         score(used)
         return (time.perf_counter() - start) * k / used * batches
