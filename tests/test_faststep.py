@@ -10,7 +10,6 @@ autoguides). Pairs the fast step cannot stand in for (score-function guides, enu
 auxiliary guide sites, ``obs_mask``'s extra latents, a structure that changes) must leave it off
 and the numbers Pyro's.
 """
-import warnings
 
 import pyro
 import pyro.distributions as dist
