@@ -361,9 +361,9 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     with compiled(vae) if compile_networks else nullcontext():
         if progress:
             from tqdm.auto import tqdm
-            seconds = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
-                                       iw_samples, len(batches), warm_up=compile_networks)
-            print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(seconds)} (timed on a "
+            eta = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
+                                   iw_samples, len(batches), warm_up=compile_networks)
+            print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(eta)} (timed on a "
                   f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
             batches = tqdm(batches, desc="evaluate", unit="batch")
         seconds = dict.fromkeys(fns, 0.0)

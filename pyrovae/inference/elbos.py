@@ -172,26 +172,30 @@ def _particle_loss(model_trace, guide_trace):
     return -torch_item(elbo), -elbo
 
 
-def _closed_form_kls(model_trace, guide_trace) -> set:
-    """Store s·KL(q ‖ p), summed, as ``kl_sum`` in each guide site whose KL is registered; their names.
+def closed_form_kl_sum(guide_site, model_site):
+    """s·KL(q ‖ p) of a latent site summed over its batch, where a KL is registered for the pair
+    (a tensor; the number 0.0 for a pair masked out entirely — Pyro's ``MaskedDistribution`` KL cannot
+    tell the device — as in Pyro's class); None where none is."""
+    kl = kl_or_none(guide_site, model_site, guide_site["scale"])
+    if kl is None:
+        return None
+    batch_shape = guide_site["fn"].batch_shape
+    if torch.is_tensor(kl):
+        assert kl.shape == batch_shape, (guide_site["name"], kl.shape, batch_shape)
+        return kl.sum()
+    return kl * torch.Size(batch_shape).numel()
 
-    The KL of a pair masked out entirely (``dist.mask(False)``) is the number 0.0, not a tensor (Pyro's
-    ``MaskedDistribution`` KL cannot tell the device); its sum over the batch is 0.0, as in Pyro's class.
-    """
+
+def _closed_form_kls(model_trace, guide_trace) -> set:
+    """Store :func:`closed_form_kl_sum` as ``kl_sum`` in each guide site whose KL is registered; their names."""
     closed = set()
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        guide_site = guide_trace.nodes[name]
-        kl = kl_or_none(guide_site, site, guide_site["scale"])
-        if kl is None:
-            continue
-        if torch.is_tensor(kl):
-            assert kl.shape == guide_site["fn"].batch_shape, (name, kl.shape, guide_site["fn"].batch_shape)
-            guide_site["kl_sum"] = kl.sum()
-        else:
-            guide_site["kl_sum"] = kl * torch.Size(guide_site["fn"].batch_shape).numel()
-        closed.add(name)
+        kl = closed_form_kl_sum(guide_trace.nodes[name], site)
+        if kl is not None:
+            guide_trace.nodes[name]["kl_sum"] = kl
+            closed.add(name)
     return closed
 
 

@@ -43,8 +43,8 @@ from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from .elbos import MeanField_ELBO
-from .traces import PYRO_PARTICLES, RngState, kl_or_none, summed_log_density
+from .elbos import MeanField_ELBO, closed_form_kl_sum
+from .traces import PYRO_PARTICLES, RngState, summed_log_density
 
 #: relative tolerance of the check against the Pyro ELBO (loss and each gradient)
 TOLERANCE = 1e-6
@@ -77,14 +77,6 @@ def log_prob_sum(site) -> torch.Tensor:
     """s · Σ log p of a site, masked: Pyro's ``Trace.compute_log_prob`` for one site."""
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
-
-
-def closed_form_kl_sum(guide_site, model_site) -> Optional[torch.Tensor]:
-    """s · KL(q ‖ p) summed, where one is registered (``MeanField_ELBO``'s ``kl_sum``), else None."""
-    kl = kl_or_none(guide_site, model_site, guide_site["scale"])
-    if kl is None or torch.is_tensor(kl):
-        return None if kl is None else kl.sum()
-    return kl * torch.Size(guide_site["fn"].batch_shape).numel()
 
 
 def signature(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> Tuple:
@@ -151,11 +143,9 @@ class FastStep:
     @staticmethod
     def _trace(model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         elbo, surrogate = 0.0, 0
-        model_sums = [log_prob_sum(site) for site in model_sites.values()]
-        guide_sums = [log_prob_sum(site) for site in guide_sites.values()]
-        for lp in model_sums:
+        for lp in map(log_prob_sum, model_sites.values()):
             elbo, surrogate = elbo + lp.item(), surrogate + lp
-        for lq in guide_sums:
+        for lq in map(log_prob_sum, guide_sites.values()):
             elbo, surrogate = elbo - lq.item(), surrogate - lq
         return -elbo, -surrogate
 
@@ -181,8 +171,6 @@ class FastStep:
         ``elbo.loss_and_grads``), or None where the Pyro ELBO must take this step (state ``"off"``)."""
         if self.state == "off":
             return None
-        if self.elbo.num_particles > 1 and not self.elbo.vectorize_particles:  # the trainer's fallback
-            return self._off("the particles run one at a time")
         if self.state == "unchecked":
             return self._check(model, guide, args, kwargs)
         model_sites, guide_sites = self.run(model, guide, args, kwargs)

@@ -391,6 +391,7 @@ class Trainer:
             for p in self.params.values():
                 p.grad = None
             self.elbo.vectorize_particles = False
+            self.fast = self.fast and FastStep.for_elbo(self.elbo)  # none for particles in a loop
             return self._loss_and_grads(self.elbo, args, kwargs)
 
     def diverged(self, epoch: int, step, what: str):
