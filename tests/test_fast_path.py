@@ -16,6 +16,7 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 
+from pyrovae.components.distributions import IndependentBernoulli
 from pyrovae.inference.elbos import MeanField_ELBO
 from pyrovae.inference.traces import summed_log_density
 from pyrovae.inference.train import ScaleData, ScaleLatents
@@ -51,6 +52,25 @@ def test_summed_log_density_equals_the_general_sum(given, events):
     assert total.item() == pytest.approx(general(s).item(), rel=1e-12)
     expected = (x * torch.log(torch.sigmoid(logits)) + (1 - x) * torch.log(torch.sigmoid(-logits))).sum() * 600 / 9
     assert total.item() == pytest.approx(expected.item(), rel=1e-10)  # the Bernoulli log-density itself
+
+
+@pytest.mark.parametrize("x_kind", ["binary", "relaxed"])
+@pytest.mark.parametrize("events", [1, 2])
+def test_summed_log_density_of_pyrovaes_bernoulli(x_kind, events):
+    """pyrovae's IndependentBernoulli (the built-in VAE's likelihood) sums in the same fused kernel, for
+    binary x (where its log_prob takes −softplus((1 − 2x) l)) and intensities (BCE) alike."""
+    g = torch.Generator().manual_seed(2)
+    x = binary().reshape(9, D, 1).expand(9, D, 2).contiguous()
+    x = x if x_kind == "binary" else torch.rand(x.shape, dtype=torch.float64, generator=g)
+    logits = 3 * torch.randn(9, D, 2, dtype=torch.float64, generator=g)
+    s = site(IndependentBernoulli(logits, events), x, scale=600.0 / 9)
+    total = summed_log_density(s)
+    assert total is not None and total.shape == ()
+    assert total.item() == pytest.approx(general(s).item(), rel=1e-12)
+    expected = (x * torch.log(torch.sigmoid(logits)) + (1 - x) * torch.log(torch.sigmoid(-logits))).sum() * 600 / 9
+    assert total.item() == pytest.approx(expected.item(), rel=1e-10)
+    particles = site(IndependentBernoulli(logits.expand(4, 9, D, 2), events), x)  # x broadcasts: the general way
+    assert summed_log_density(particles) is None
 
 
 class OwnLogProb(dist.Bernoulli):

@@ -23,6 +23,8 @@ from pyro.util import check_site_shape
 from torch.distributions import Bernoulli, Independent, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
+from ..components.distributions import IndependentBernoulli
+
 #: the name of the plate over vectorized particles (pyrovae's estimators)
 PARTICLES = "_num_particles_vectorized"
 #: the name Pyro's ELBOs give theirs
@@ -131,7 +133,9 @@ def kl_or_none(guide_site, model_site: Optional[dict], scale=1.0):
 def summed_log_density(site) -> Optional[torch.Tensor]:
     """s · Σ log p(x) of a sample site, a scalar, in one fused kernel where its distribution has one, else None.
 
-    For a Bernoulli (any ``Independent`` wrapping, given by ``logits`` or ``probs``) at a value of
+    For a Bernoulli (torch's, in any ``Independent`` wrapping, given by ``logits`` or ``probs``, or
+    pyrovae's :class:`~pyrovae.components.distributions.IndependentBernoulli`, binary or relaxed x:
+    BCE is the same formula for both) at a value of
     its own batch shape, unmasked, with a number s as its scale: −s · BCE(logits, x) summed in
     ``binary_cross_entropy_with_logits(reduction="sum")`` — the hand-written loss, one kernel
     forward and one backward instead of the element-wise log-density [B, D], its negation and
@@ -143,7 +147,8 @@ def summed_log_density(site) -> Optional[torch.Tensor]:
         return None
     while isinstance(fn, Independent) and type(fn).log_prob is Independent.log_prob:
         fn = fn.base_dist
-    if type(fn).log_prob is not Bernoulli.log_prob or fn._validate_args:
+    own = type(fn).log_prob is IndependentBernoulli.log_prob  # never validates its arguments
+    if not own and (type(fn).log_prob is not Bernoulli.log_prob or fn._validate_args):
         return None
     logits = fn.logits
     if logits.shape != value.shape:
