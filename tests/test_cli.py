@@ -75,6 +75,35 @@ def test_evaluate_reports_every_estimator(mnist_run, capsys):
     assert iw["mean"] > elbo["mean"]                                          # a tighter bound
     assert abs(est["mc_elbo"]["mean"] - elbo["mean"]) < 4 * (est["mc_elbo"]["se"] ** 2 + elbo["se"] ** 2) ** 0.5 + 1
     assert json.loads((mnist_run / "evaluation.json").read_text())["estimators"] == est
+    assert result["compiled"] is False  # 100 × 50 importance samples: below the automatic compile's threshold
+
+
+def test_evaluate_compiles_large_cpu_evaluations_by_default(monkeypatch):
+    """"auto" compiles on a CPU from AUTO_COMPILE_SAMPLES importance samples when a C++ compiler is
+    found; --compile / --no-compile decide; a GPU compiles only when asked; anything else is refused."""
+    import shutil
+
+    import torch
+    from pyrovae.app.cli import parser
+    from pyrovae.app.run import AUTO_COMPILE_SAMPLES, should_compile
+    from pyrovae.errors import InputError
+
+    cpu, gpu, big = torch.device("cpu"), torch.device("cuda"), AUTO_COMPILE_SAMPLES
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert should_compile("auto", big, cpu) and not should_compile("auto", big - 1, cpu)
+    assert not should_compile("auto", big, gpu) and should_compile("on", 1, gpu) and should_compile(True, 1, cpu)
+    assert not should_compile("off", 10 * big, cpu) and not should_compile(False, 10 * big, cpu)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no C++ compiler: eager
+    assert not should_compile("auto", big, cpu) and should_compile("on", big, cpu)
+    monkeypatch.setenv("CXX", "my-cxx")
+    monkeypatch.setattr(shutil, "which", lambda name: "/opt/my-cxx" if name == "my-cxx" else None)
+    assert should_compile("auto", big, cpu)
+    with pytest.raises(InputError, match="compile_networks must be .* got 'yes'"):
+        should_compile("yes", big, cpu)
+    parse = parser().parse_args
+    assert [parse(["evaluate", "r", *flag]).compile for flag in ([], ["--compile"], ["--no-compile"])] == \
+        ["auto", "on", "off"]
 
 
 @needs_mnist

@@ -64,9 +64,13 @@ def _add_run_dir_commands(sub):
     p.add_argument("--batch-size", type=positive, default=100)
     p.add_argument("--seed", type=non_negative, default=0, help="seeds the Monte Carlo draws (same seed, same numbers)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--compile", action="store_true",
-                   help="run the decoder and the Bernoulli density compiled by torch.compile (faster for large k; "
-                        "needs a C++ compiler on CPU, else runs as without)")
+    fast = p.add_mutually_exclusive_group()
+    fast.add_argument("--compile", dest="compile", action="store_const", const="on", default="auto",
+                      help="run the decoder and the densities compiled by torch.compile (faster for large k; needs a "
+                           "C++ compiler on CPU, else runs as without). Default: compiled on a CPU from 10^7 "
+                           "importance samples (test points × k) where a C++ compiler is found")
+    fast.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                      help="never compile (eager PyTorch throughout)")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("sample", help="draw x from the model: z ~ p(z), then the decoder mean")

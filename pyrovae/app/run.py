@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -313,9 +314,32 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
     return cfg, vae, test_split
 
 
+#: importance samples in all (test points × k) from which ``evaluate`` compiles by default on a CPU:
+#: 2,000 test images at k = 5000, about a minute and a half eager on 2 cores — compiling (10–60 s the
+#: first time, cached by torch afterwards) then pays for itself (BENCHMARKS.md, issue 15 §1)
+AUTO_COMPILE_SAMPLES = 10_000_000
+#: C++ compilers TorchInductor can build CPU kernels with ($CXX first)
+CXX = ("g++", "c++", "clang++")
+
+
+def should_compile(choice, samples: int, device: torch.device) -> bool:
+    """Whether ``evaluate`` runs compiled (:mod:`pyrovae.model.compiled`). ``choice`` True/"on" or
+    False/"off" decide; "auto" compiles on a CPU with a C++ compiler when ``samples`` (test points ×
+    k) reach :data:`AUTO_COMPILE_SAMPLES` — on a GPU only when asked (not measured there)."""
+    if choice in (True, "on"):
+        return True
+    if choice in (False, "off"):
+        return False
+    if choice != "auto":
+        raise InputError(f"compile_networks must be True, False, 'on', 'off' or 'auto', got {choice!r}")
+    compilers = ([os.environ["CXX"]] if os.environ.get("CXX") else []) + list(CXX)
+    return (device.type == "cpu" and samples >= AUTO_COMPILE_SAMPLES
+            and any(shutil.which(c) for c in compilers))
+
+
 def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_size: int = 100,
                  device: Optional[str] = "auto", progress: bool = True, seed: int = 0,
-                 compile_networks: bool = False) -> dict:
+                 compile_networks="auto") -> dict:
     """Score the test set (its first ``test_size`` points; 0 = all) with every estimator.
 
     Per datapoint, in nats: ``mc_elbo`` (r = 1), ``analytic_elbo`` (r = 1), ``closed_form_elbo``
@@ -324,10 +348,11 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     8-bit likelihood (``likelihood.eight_bit``: the discretized logistic) also in bits per
     dimension, ``result["bits_per_dim"]`` (−log p(x)/(D ln 2), no correction: a probability).
     The draws are seeded by ``seed``: the same seed gives the same numbers; ``result["seconds"]`` is
-    each estimator's wall time (the bound's alone is the standard protocol's cost). With
-    ``compile_networks`` the decoder and the Bernoulli density run compiled by ``torch.compile``
-    (:mod:`pyrovae.model.compiled`: the same draws, float32 rounding apart). Returns the result;
-    :func:`write_evaluation` saves it.
+    each estimator's wall time (the bound's alone is the standard protocol's cost). Compiled
+    (``compile_networks``: "auto", the default, for large evaluations on a CPU, :func:`should_compile`;
+    True/"on", False/"off") the decoder and the densities run by ``torch.compile``
+    (:mod:`pyrovae.model.compiled`: the same draws, float32 rounding apart); ``result["compiled"]``
+    says which. Returns the result; :func:`write_evaluation` saves it.
     """
     for name, value in (("--iw-samples", iw_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -341,6 +366,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     x = test.x[: test_size or None]
     y = None if test.labels is None else test.labels[: test_size or None]
     on = next(vae.parameters()).device  # the test set stays on the CPU: each chunk goes to the device
+    compile_networks = should_compile(compile_networks, len(x) * iw_samples, on)
 
     def args(i):
         return tuple(t[i:i + batch_size].to(on) for t in ((x, y) if vae.takes_labels else (x,)))
@@ -361,6 +387,9 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     with compiled(vae) if compile_networks else nullcontext():
         if progress:
             from tqdm.auto import tqdm
+            if compile_networks:
+                print("evaluate: compiling the decoder and the densities (torch.compile, once per shape; "
+                      "--no-compile to run eagerly)", file=sys.stderr, flush=True)
             eta = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
                                    iw_samples, len(batches), warm_up=compile_networks)
             print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(eta)} (timed on a "
@@ -379,7 +408,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()},
-              "seconds": {name: round(t, 3) for name, t in seconds.items()}}
+              "seconds": {name: round(t, 3) for name, t in seconds.items()}, "compiled": compile_networks}
     if vae.likelihood.eight_bit:  # a probability of 8-bit values: also in bits per dimension
         dims = math.prod(vae.input_shape)
         result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}
