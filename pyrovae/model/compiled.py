@@ -24,6 +24,7 @@ warns once and runs eagerly. Speed: BENCHMARKS.md (issue 15 §1).
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import contextmanager
 from typing import Callable
@@ -63,6 +64,11 @@ def compiled(vae: nn.Module):
     """Within the block, ``vae``'s decoders, the Bernoulli density and the Gaussian mixture
     density (a VampPrior's, a GMM prior's) run compiled (module doc)."""
     nets = decoders(vae)
+    # torch's C++ builder logs "No CUDA runtime is found, using CUDA_HOME=…" on every CPU-only machine
+    # with a CUDA toolkit directory: nothing to act on; its real errors still show
+    builder = logging.getLogger("torch.utils.cpp_extension")
+    level = builder.level
+    builder.setLevel(logging.ERROR)
     for net in nets:
         net.forward = CompiledOrEager(net.forward, f"{type(net).__name__}.forward")
     mixture = DiagonalNormalMixture.__dict__["_grouped"]
@@ -76,3 +82,4 @@ def compiled(vae: nn.Module):
             del net.forward  # the class's forward again
         IndependentBernoulli.binary_density = staticmethod(binary_log_density)
         DiagonalNormalMixture._grouped = mixture
+        builder.setLevel(level)
