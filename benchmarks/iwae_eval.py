@@ -162,8 +162,8 @@ def timed(fn, *args):
 
 def race(named, vae, x, k, repeats):
     """Each (name, fn) timed ``repeats`` times in alternating rounds, each round starting one method
-    later, after an untimed warm-up round on one batch (the first large allocations, which the
-    first method timed would otherwise pay alone: it ran ~25 % slower than the same function later):
+    later, after an untimed warm-up round on one batch (without it the first method timed ran
+    ~25 % slower than the same function later — probably the first large allocations, not pinned down):
     the best wall and CPU times."""
     for _, fn in named:
         timed(fn, vae, x[:BATCH], min(k, 500))
