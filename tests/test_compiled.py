@@ -57,3 +57,23 @@ def test_a_function_that_cannot_compile_runs_eagerly_with_a_warning(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert f(torch.ones(1)).tolist() == [2.0]  # eager from then on, no second warning
+
+
+def test_a_setup_that_fails_halfway_leaves_everything_as_it_was(monkeypatch):
+    import logging
+
+    vae = small_vae()
+    real = compiled_mod.CompiledOrEager
+
+    def failing(fn, name):
+        if name == "the mixture density":  # after the decoder's forward was replaced
+            raise RuntimeError("cannot compile")
+        return real(fn, name)
+    monkeypatch.setattr(compiled_mod, "CompiledOrEager", failing)
+    builder = logging.getLogger("torch.utils.cpp_extension")
+    level = builder.level
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        with compiled(vae):
+            pass
+    assert "forward" not in vae.decoder.__dict__ and builder.level == level
+    assert IndependentBernoulli.binary_density is binary_log_density

@@ -366,7 +366,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     x = test.x[: test_size or None]
     y = None if test.labels is None else test.labels[: test_size or None]
     on = next(vae.parameters()).device  # the test set stays on the CPU: each chunk goes to the device
-    compile_networks = should_compile(compile_networks, len(x) * iw_samples, on)
+    use_compiled = should_compile(compile_networks, len(x) * iw_samples, on)
 
     def args(i):
         return tuple(t[i:i + batch_size].to(on) for t in ((x, y) if vae.takes_labels else (x,)))
@@ -384,14 +384,14 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     values = {name: [] for name in fns}
     iwae_name = f"iwae_bound(k={iw_samples})"
     batches = range(0, len(x), batch_size)
-    with compiled(vae) if compile_networks else nullcontext():
+    with compiled(vae) if use_compiled else nullcontext():
         if progress:
             from tqdm.auto import tqdm
-            if compile_networks:
+            if use_compiled:
                 print("evaluate: compiling the decoder and the densities (torch.compile, once per shape; "
                       "--no-compile to run eagerly)", file=sys.stderr, flush=True)
             eta = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
-                                   iw_samples, len(batches), warm_up=compile_networks)
+                                   iw_samples, len(batches), warm_up=use_compiled)
             print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(eta)} (timed on a "
                   f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
             batches = tqdm(batches, desc="evaluate", unit="batch")
@@ -408,7 +408,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
               "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()},
-              "seconds": {name: round(t, 3) for name, t in seconds.items()}, "compiled": compile_networks}
+              "seconds": {name: round(t, 3) for name, t in seconds.items()}, "compiled": use_compiled}
     if vae.likelihood.eight_bit:  # a probability of 8-bit values: also in bits per dimension
         dims = math.prod(vae.input_shape)
         result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}

@@ -64,22 +64,22 @@ def compiled(vae: nn.Module):
     """Within the block, ``vae``'s decoders, the Bernoulli density and the Gaussian mixture
     density (a VampPrior's, a GMM prior's) run compiled (module doc)."""
     nets = decoders(vae)
+    mixture = DiagonalNormalMixture.__dict__["_grouped"]
     # torch's C++ builder logs "No CUDA runtime is found, using CUDA_HOME=…" on every CPU-only machine
     # with a CUDA toolkit directory: nothing to act on; its real errors still show
     builder = logging.getLogger("torch.utils.cpp_extension")
     level = builder.level
-    builder.setLevel(logging.ERROR)
-    for net in nets:
-        net.forward = CompiledOrEager(net.forward, f"{type(net).__name__}.forward")
-    mixture = DiagonalNormalMixture.__dict__["_grouped"]
-    grouped = CompiledOrEager(mixture, "the mixture density")
-    IndependentBernoulli.binary_density = staticmethod(CompiledOrEager(binary_log_density, "the Bernoulli density"))
-    DiagonalNormalMixture._grouped = lambda self, *args: grouped(self, *args)
     try:
-        yield vae
-    finally:
+        builder.setLevel(logging.ERROR)
         for net in nets:
-            del net.forward  # the class's forward again
+            net.forward = CompiledOrEager(net.forward, f"{type(net).__name__}.forward")
+        grouped = CompiledOrEager(mixture, "the mixture density")
+        IndependentBernoulli.binary_density = staticmethod(CompiledOrEager(binary_log_density, "the Bernoulli density"))
+        DiagonalNormalMixture._grouped = lambda self, *args: grouped(self, *args)
+        yield vae
+    finally:  # everything as it was, also after a setup that failed halfway
+        for net in nets:
+            net.__dict__.pop("forward", None)  # the class's forward again
         IndependentBernoulli.binary_density = staticmethod(binary_log_density)
         DiagonalNormalMixture._grouped = mixture
         builder.setLevel(level)
