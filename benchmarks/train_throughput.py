@@ -160,14 +160,14 @@ def hand_written(network, data, objective, batch, fused: bool):
     return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective, batch)
 
 
-def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True) -> Trainer:
+def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True, traced_step="auto") -> Trainer:
     """pyrovae's trainer of the same VAE, with its own parameters (its own param store state,
     put in place before each of its epochs by :func:`with_bar`)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,)) if pair == "builtin" else TutorialVAE()
     trainer = Trainer(vae.model, vae.guide, data, batch_size=batch, lr=1e-3, elbo=objective, num_particles=1,
-                      test_data=None, device="cpu", fast_step=fast_step)
+                      test_data=None, device="cpu", fast_step=fast_step, traced_step=traced_step)
     trainer.store = pyro.get_param_store().get_state()
     return trainer
 

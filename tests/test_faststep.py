@@ -123,15 +123,17 @@ PAIRS = {
 ELBOS = {"trace": (Trace_ELBO, Trace_ELBO), "mean-field": (MeanField_ELBO, TraceMeanField_ELBO)}
 
 
-def steps(pair, Elbo, fast: bool, n: int = 3, x=X, particles: int = 1):
+def steps(pair, Elbo, fast: bool, n: int = 3, x=X, particles: int = 1, wrap=None):
     """``n`` steps from seed 0 (SGD on the gradients between them): [(loss, {param: grad})], FastStep's
-    state. With ``fast``, the first step is the Pyro ELBO's, the second FastStep's check, then FastStep."""
+    state. With ``fast``, the first step is the Pyro ELBO's, the second FastStep's check, then FastStep
+    (``wrap(fast_step)`` in its place where given: the traced step, tests/test_tracedstep.py)."""
     pyro.clear_param_store()
     torch.manual_seed(1)
     model, guide = pair()
     pyro.set_rng_seed(0)
     elbo = Elbo(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=2)
     step = FastStep.for_elbo(elbo) if fast else None
+    step = wrap(step) if wrap and step else step
     out = []
     with pyro.validation_enabled(False):
         for i in range(n):  # as in the trainer, the first step is the Pyro ELBO's (autoguides set up)

@@ -25,6 +25,8 @@ that is not registered is a ValueError naming the key, what is allowed and what 
     precision = "float32"    # float32 | bf16 (networks under torch.autocast, log-densities in float32)
     fast_step = true         # trace / mean-field: steps without Pyro's trace bookkeeping,
                              # checked equal to the Pyro ELBO first (pyrovae.inference.faststep)
+    traced_step = "auto"     # auto | on | off: that step recorded once and replayed as a graph
+                             # (pyrovae.inference.tracedstep; auto: pyrovae's own models)
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from ..errors import ConfigError, InputError
 from ..inference.elbos import ELBOS, GRADIENTS
 from ..inference.optim import SCHEDULES, OptimizerSettings
 from ..inference.precision import PRECISIONS
+from ..inference.tracedstep import MODES as TRACED_MODES
 from ..model import FAMILIES
 from ..registry import import_components, load_plugins
 from .logs import LOGGERS
@@ -63,7 +66,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
               "kl_warmup": 0, "seed": 0, "device": "auto", "classifier_weight": 0.0,
               "lr_schedule": "constant", "lr_schedule_options": {}, "adam_beta1": 0.9, "adam_beta2": 0.999,
               "adam_eps": 1e-8, "clip_norm": 0.0, "gradient": "standard",
-              "precision": "float32", "log": ["csv"], "fast_step": True},
+              "precision": "float32", "log": ["csv"], "fast_step": True,
+              "traced_step": "auto"},
 }
 
 #: the top-level key listing the user's own component modules
@@ -85,6 +89,7 @@ CHOICES = {
     ("train", "gradient"): lambda: list(GRADIENTS),
     ("train", "log"): LOGGERS.names,  # a list: each of its names
     ("train", "precision"): lambda: PRECISIONS,
+    ("train", "traced_step"): lambda: list(TRACED_MODES),
 }
 #: keys whose value must lie in [0, 1)
 UNIT_INTERVAL = {("train", "adam_beta1"), ("train", "adam_beta2")}

@@ -235,7 +235,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
                     **cfgmod.optimizer_options(t),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape), "num_classes": classes},
-                    callbacks=loggers, precision=t["precision"], fast_step=t["fast_step"])
+                    callbacks=loggers, precision=t["precision"], fast_step=t["fast_step"],
+                    traced_step=t["traced_step"])
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
         "split": getattr(train_split, "note", "") or "the data set's own train/test split",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
@@ -133,24 +133,29 @@ class FastStep:
     def losses(self, model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         """(−ELBO as a number, the surrogate −ELBO to differentiate), as the Pyro ELBO computes them
         (the sums over r particles divided by r)."""
+        return self.finish(self.terms(model_sites, guide_sites))
+
+    def terms(self, model_sites, guide_sites) -> Tuple[torch.Tensor, ...]:
+        """The tensors the loss is made of: (surrogate −ELBO, *the ELBO's terms whose numbers the
+        Pyro ELBO adds up)* — for ``Trace_ELBO`` each site's s·Σ log p and −s·Σ log q, in order;
+        for the mean-field ELBO the ELBO itself — all summed over the r particles."""
         if self.mean_field:
-            loss, surrogate = self._mean_field(model_sites, guide_sites)
-        else:
-            loss, surrogate = self._trace(model_sites, guide_sites)
+            elbo = self._mean_field(model_sites, guide_sites)
+            return -elbo, elbo
+        lps = [log_prob_sum(s) for s in model_sites.values()] + [-log_prob_sum(s) for s in guide_sites.values()]
+        return (-sum(lps),) + tuple(lps)
+
+    def finish(self, terms: Sequence[torch.Tensor]) -> Tuple[float, torch.Tensor]:
+        """(−ELBO as a number, the surrogate) from :meth:`terms`: the numbers added up in Python as
+        the Pyro ELBO does (``Trace_ELBO``: the sites' numbers one by one), divided by r."""
+        elbo = 0.0
+        for term in terms[1:]:
+            elbo = elbo + torch_item(term)
         r = self.elbo.num_particles
-        return 0.0 + loss / r, surrogate / r
+        return 0.0 - elbo / r, terms[0] / r
 
     @staticmethod
-    def _trace(model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
-        elbo, surrogate = 0.0, 0
-        for lp in map(log_prob_sum, model_sites.values()):
-            elbo, surrogate = elbo + lp.item(), surrogate + lp
-        for lq in map(log_prob_sum, guide_sites.values()):
-            elbo, surrogate = elbo - lq.item(), surrogate - lq
-        return -elbo, -surrogate
-
-    @staticmethod
-    def _mean_field(model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
+    def _mean_field(model_sites, guide_sites) -> torch.Tensor:
         kls = {n: closed_form_kl_sum(guide_sites[n], s) for n, s in model_sites.items() if not s["is_observed"]}
         elbo = 0.0
         for name, site in model_sites.items():
@@ -164,7 +169,7 @@ class FastStep:
         for name, site in guide_sites.items():  # auxiliary guide sites
             if name not in model_sites:
                 elbo = elbo - log_prob_sum(site)
-        return -torch_item(elbo), -elbo
+        return elbo
 
     def loss_and_grads(self, model, guide, args: tuple, kwargs: dict) -> Optional[float]:
         """−ELBO as a number after adding its gradient to the parameters' ``.grad`` (as
@@ -175,7 +180,7 @@ class FastStep:
             return self._check(model, guide, args, kwargs)
         model_sites, guide_sites = self.run(model, guide, args, kwargs)
         if signature(model_sites, guide_sites) != self.sites:
-            return self._off("the pair's sites changed between steps")
+            return self.turn_off("the pair's sites changed between steps")
         loss, surrogate = self.losses(model_sites, guide_sites)
         if getattr(surrogate, "requires_grad", False):
             surrogate.backward()
@@ -185,7 +190,7 @@ class FastStep:
         """Both on the same draws; the fast step from now on if they agree (its gradient is added
         to ``.grad``), else None with the random state as it was: the Pyro ELBO takes the step."""
         if isinstance(poutine.unwrap(guide), Messenger):  # a GuideMessenger guide: Pyro's tracing only
-            return self._off("the guide is a GuideMessenger")
+            return self.turn_off("the guide is a GuideMessenger")
         rng = RngState()
         reference = self.elbo.differentiable_loss(model, guide, *args, **kwargs)
         rng.restore()
@@ -196,41 +201,47 @@ class FastStep:
             warnings.warn(f"pyrovae's fast training step cannot run this pair ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); training uses "
                           f"{type(self.elbo).__name__} itself", stacklevel=4)
-            return self._off(f"it raised {type(e).__name__}")
-        params = [p for _, p in pyro.get_param_store().named_parameters() if p.requires_grad]
-        ref_grads = _grads(reference, params)
+            return self.turn_off(f"it raised {type(e).__name__}")
+        params = trainable_params()
+        ref_grads = gradients(reference, params)
         if not all(torch.isfinite(t).all() for t in [reference, *ref_grads] if t is not None):
             rng.restore()  # NaN/Inf: nothing to compare; the Pyro ELBO takes this step, the check waits
             return None
         why = unsupported(model_sites, guide_sites)
         if why is None:
             loss, surrogate = self.losses(model_sites, guide_sites)
-            grads = _grads(surrogate, params)
-            differs = _differs(loss, reference.item(), grads, ref_grads)
-            if not differs:
+            grads = gradients(surrogate, params)
+            why = differs(loss, reference.item(), grads, ref_grads)
+            if not why:
                 self.state, self.sites = "on", signature(model_sites, guide_sites)
-                _add_grads(params, grads)
+                add_grads(params, grads)
                 return loss
             name = type(self.elbo).__name__
-            warnings.warn(f"pyrovae's fast training step differs from {name} on this pair ({differs}); "
+            warnings.warn(f"pyrovae's fast training step differs from {name} on this pair ({why}); "
                           f"training uses {name} itself", stacklevel=4)
-            why = differs
-        self._off(why)
+        self.turn_off(why)
         rng.restore()  # the Pyro ELBO takes this step on the same draws
         return None
 
-    def _off(self, why: str) -> None:
+    def turn_off(self, why: str) -> None:
+        """State ``"off"`` for the rest of the run: the Pyro ELBO takes every step."""
         self.state, self.why_off = "off", why
 
 
-def _grads(loss, params: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+def trainable_params() -> List[torch.Tensor]:
+    """The parameters in Pyro's store that take gradients, in the store's order."""
+    return [p for _, p in pyro.get_param_store().named_parameters() if p.requires_grad]
+
+
+def gradients(loss, params: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """d loss / d params (None for a parameter the loss does not use), keeping the graph."""
     if not getattr(loss, "requires_grad", False) or not params:
         return [None] * len(params)
     return list(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))
 
 
-def _differs(loss: float, reference: float, grads, grads_ref) -> str:
-    """Why the fast step's loss or gradients are not the Pyro ELBO's (to TOLERANCE), or ""."""
+def differs(loss: float, reference: float, grads, grads_ref) -> str:
+    """Why a loss and its gradients are not the reference's (to TOLERANCE), or ""."""
     if abs(loss - reference) > TOLERANCE * max(abs(reference), 1.0):
         return f"loss {loss!r} against {reference!r}"
     for i, (g, ref) in enumerate(zip(grads, grads_ref)):
@@ -241,7 +252,8 @@ def _differs(loss: float, reference: float, grads, grads_ref) -> str:
     return ""
 
 
-def _add_grads(params, grads) -> None:
+def add_grads(params, grads) -> None:
+    """Add ``grads`` to the parameters' ``.grad`` (as ``backward`` would)."""
     for p, g in zip(params, grads):
         if g is not None:
             p.grad = g if p.grad is None else p.grad + g

@@ -44,6 +44,7 @@ from .pathwise import DReG_IWAE
 from .precision import with_precision
 from .estimators import elbo_parts
 from .faststep import FastStep
+from .tracedstep import TracedStep, traced_mode, traces_pair
 from .pairs import check_pair_on
 from .traces import PARTICLE_PLATES, nesting_of, params_of
 
@@ -263,7 +264,8 @@ class Trainer:
 
     def __init__(self, model, guide, data, *, batch_size, elbo, num_particles, test_data, device, lr: float = 1e-3,
                  validate: bool = False, extra: Sequence[Term] = (), optim: Optional[OptimizerSettings] = None,
-                 gradient: str = "standard", precision: str = "float32", fast_step: bool = True):
+                 gradient: str = "standard", precision: str = "float32", fast_step: bool = True,
+                 traced_step="auto"):
         self.device = resolve_device(device)
         self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
         for fn in (model, guide, *[f for t in extra for f in (t.model, t.guide)]):
@@ -280,6 +282,10 @@ class Trainer:
         self.batch_points = 0  # the datapoints of the last step, over all ranks
         self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
         self.fast = FastStep.for_elbo(self.elbo) if fast_step else None  # checked against self.elbo before use
+        mode = traced_mode(traced_step)
+        if self.fast is not None and traces_pair(mode, _owner(model)):
+            self.fast = TracedStep(self.fast, [m for m in map(_owner, (model, guide)) if m is not None],
+                                   warn=mode == "on")
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
@@ -430,6 +436,8 @@ class Trainer:
         self.lr = self.optim.lr_at(epoch)
         if self.optimizer is not None:
             set_lr(self.optimizer, self.lr)
+        if isinstance(self.fast, TracedStep):
+            self.fast.recheck()
         for step, (args, kwargs) in enumerate(self.data.batches(self.batch_size, epoch=epoch, shard=self.shard), 1):
             try:
                 loss = self.step(args, kwargs)
@@ -539,7 +547,8 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
           validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None,
           extra: Sequence[Term] = (), lr_schedule="constant", lr_schedule_options: Optional[dict] = None,
           betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, clip_norm: Optional[float] = None,
-          gradient: str = "standard", precision: str = "float32", fast_step: bool = True) -> List[dict]:
+          gradient: str = "standard", precision: str = "float32", fast_step: bool = True,
+          traced_step="auto") -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
 
     Args:
@@ -590,6 +599,11 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             vectorized) runs without Pyro's trace bookkeeping — the same loss and gradients, checked
             against the Pyro ELBO on the same draws before it is used (:mod:`pyrovae.inference.faststep`);
             False always runs the Pyro ELBO.
+        traced_step: the fast step recorded once as a graph of tensor operations and replayed
+            without the pair's Python, checked equal to it at its first use and every epoch
+            (:mod:`pyrovae.inference.tracedstep`): ``"auto"`` for pyrovae's own models, ``"on"`` (True)
+            for any pair whose code does the same computation at every step given its arguments'
+            shapes (no state changed by a callback within an epoch), ``"off"`` (False) never.
         kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
             β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
             0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
@@ -604,7 +618,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
                               betas=betas, eps=eps, clip_norm=clip_norm)
     trainer = Trainer(model, guide, data, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
                       test_data=test_data, device=device, validate=validate, extra=extra, optim=optim,
-                      gradient=gradient, precision=precision, fast_step=fast_step)
+                      gradient=gradient, precision=precision, fast_step=fast_step, traced_step=traced_step)
     trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))

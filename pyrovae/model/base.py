@@ -51,6 +51,12 @@ class LatentVariableModel(nn.Module):
     #: M2's y is optional (summed out when absent), so it does not.
     takes_labels = False
 
+    #: True when model and guide compute the same thing at every step given their arguments' shapes
+    #: (no state that changes between steps), so that ``pyrovae.train`` may record a step once and
+    #: replay it (``traced_step="auto"``, :mod:`pyrovae.inference.tracedstep`). A subclass whose
+    #: model reads such state sets it to False.
+    traceable = True
+
     def __init__(self, input_shape, likelihood="bernoulli", likelihood_options=None,
                  num_data: Optional[int] = None):
         super().__init__()
