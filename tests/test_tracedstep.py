@@ -77,6 +77,7 @@ def data_dependent_pair():
 
 
 def test_python_on_tensor_values_keeps_the_fast_step():
+    """Recording fails, with a warning for a pair traced on request ("auto" says nothing)."""
     with pytest.warns(UserWarning, match="traced training step is not used for this pair: its step cannot be "
                                          r"recorded \(Python that depends on tensor values"):
         traced, step = traced_steps(data_dependent_pair, Trace_ELBO, n=4)
@@ -207,8 +208,6 @@ def test_state_a_callback_changes_between_epochs_is_caught_by_the_epochs_recheck
 
 @pytest.mark.parametrize("elbo", ["trace", "mean-field"])
 def test_the_trainer_traces_pyrovaes_models_by_default_with_the_same_numbers(elbo):
-    """VAE's Bernoulli likelihood checks for binary data in Python: with the trace ELBO its step cannot be
-    recorded, and "auto" falls back without a warning; mean-field sums it in one BCE and is traced."""
     def make():
         return pyrovae.VAE((D,), 2, hidden=(8,))
     with warnings.catch_warnings():
@@ -216,9 +215,7 @@ def test_the_trainer_traces_pyrovaes_models_by_default_with_the_same_numbers(elb
         h_auto, p_auto, trainer = train_runs(make, "auto", elbo=elbo)
     h_off, p_off, plain = train_runs(make, "off", elbo=elbo)
     assert isinstance(trainer.fast, TracedStep) and isinstance(plain.fast, FastStep)
-    assert trainer.fast.tracing == (elbo == "mean-field")
-    if elbo == "mean-field":
-        assert len(trainer.fast.graphs) == 2  # batches of 5 and the last of 2
+    assert trainer.fast.tracing and len(trainer.fast.graphs) == 2  # batches of 5 and the last of 2
     assert h_auto == h_off and all(torch.equal(p_auto[k], p_off[k]) for k in p_off)
 
 
@@ -229,6 +226,20 @@ def test_auto_leaves_users_pairs_to_the_fast_step_and_on_traces_them():
 
 class Plain(Annealed):
     traceable = False
+
+
+class Branching(Annealed):
+    """A model declaring itself traceable whose Python looks at a tensor's value."""
+
+    def model(self, x):
+        super().model(x if x.sum() > 0 else -x)
+
+
+def test_auto_falls_back_quietly_where_a_step_cannot_be_recorded():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = train_runs(Branching, "auto", epochs=2)[2]
+    assert not trainer.fast.tracing and "cannot be recorded" in trainer.fast.why_not and trainer.fast.state == "on"
 
 
 @pytest.mark.parametrize("value, mode", [("auto", "auto"), ("on", "on"), ("off", "off"), (True, "on"), (False, "off")])

@@ -8,8 +8,8 @@ guide from a reparameterizable distribution (auxiliary guide sites too, as in au
 nothing enumerated — the same sums need none of the
 graphs: :class:`Recorder` keeps each sample site's message as Pyro's runtime leaves it (value,
 distribution, scale and mask, as the pair's plates and the trainer's ``ScaleData`` set them) and
-replays the guide's draws into the model, and :class:`FastStep` adds up, in the same order and
-with the same operations as the Pyro class it stands in for::
+replays the guide's draws into the model, and :class:`FastStep` adds up, in the same order, the
+same terms as the Pyro class it stands in for::
 
     trace        −ELBO = −Σ_model s·log p − (−Σ_guide s·log q)                (Trace_ELBO)
     mean-field   −ELBO = −Σ_obs s·log p(x|z) + Σ_{latent, KL registered} s·KL(q ‖ p)
@@ -17,12 +17,16 @@ with the same operations as the Pyro class it stands in for::
                          + Σ_{auxiliary} s·log q                                (MeanField_ELBO)
 
 — Pyro's surrogate loss for such a pair (its score-function terms are identically zero), from the
-same draws under the same seed, so the same numbers to the last bit.
+same draws under the same seed. Each term is computed with the same operations, so the same number
+to the last bit, except a Bernoulli likelihood's: s · Σ log p(x|z) as one fused BCE-with-logits sum
+(:func:`observed_log_density`; what ``MeanField_ELBO`` computes too), equal to ``Trace_ELBO``'s
+element-wise log-density and its sum up to the order of the float sum (≈ 1e-7 relative).
 
 That is checked, not assumed: the first time the trainer could use the fast step,
 :meth:`FastStep.loss_and_grads` runs the Pyro ELBO and the fast step on the same draws and goes
 on with the fast step only if the sites, the loss and every parameter's gradient agree (1e-6
-relative; they are equal in every case of tests/test_faststep.py); else it stays with the Pyro
+relative; equal to the bit, or to float rounding for a Bernoulli under ``Trace_ELBO``, in every
+case of tests/test_faststep.py); else it stays with the Pyro
 ELBO for the rest of the run, with a warning. Every later step compares its sites (names, observed
 or latent) with the checked ones and goes back to the Pyro ELBO for good when they change. What
 it saves is in BENCHMARKS.md (issue 15 §3); ``train(..., fast_step=False)`` (``train.fast_step``)
@@ -77,6 +81,14 @@ def log_prob_sum(site) -> torch.Tensor:
     """s · Σ log p of a site, masked: Pyro's ``Trace.compute_log_prob`` for one site."""
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
+
+
+def observed_log_density(site) -> torch.Tensor:
+    """s · Σ log p(x) of an observed site: in one fused kernel where there is one
+    (:func:`~pyrovae.inference.traces.summed_log_density`: a Bernoulli's BCE with logits), else
+    :func:`log_prob_sum` — the same number to float rounding (the order of the sum)."""
+    fused = summed_log_density(site)
+    return fused if fused is not None else log_prob_sum(site)
 
 
 def signature(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> Tuple:
@@ -142,7 +154,8 @@ class FastStep:
         if self.mean_field:
             elbo = self._mean_field(model_sites, guide_sites)
             return -elbo, elbo
-        lps = [log_prob_sum(s) for s in model_sites.values()] + [-log_prob_sum(s) for s in guide_sites.values()]
+        lps = [observed_log_density(s) if s["is_observed"] else log_prob_sum(s) for s in model_sites.values()]
+        lps += [-log_prob_sum(s) for s in guide_sites.values()]
         return (-sum(lps),) + tuple(lps)
 
     def finish(self, terms: Sequence[torch.Tensor]) -> Tuple[float, torch.Tensor]:
@@ -160,8 +173,7 @@ class FastStep:
         elbo = 0.0
         for name, site in model_sites.items():
             if site["is_observed"]:
-                fused = summed_log_density(site)
-                elbo = elbo + (fused if fused is not None else log_prob_sum(site))
+                elbo = elbo + observed_log_density(site)
             elif kls[name] is not None:
                 elbo = elbo - kls[name]
             else:
