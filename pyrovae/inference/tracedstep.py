@@ -23,10 +23,11 @@ A graph holds fixed whatever the pair's code decided while it was recorded. What
   recorded — ``make_fx`` raises — and the pair keeps the fast step;
 * anything else the pair's code reads — an attribute or a global that a callback changes — is frozen
   at recording, and its side effects (a counter, a stored tensor) happen only when it records. So a
-  graph is checked against the fast step on the same draws (the loss and every gradient, 1e-6
-  relative: :func:`~pyrovae.inference.faststep.differs`) at its first use and again at the first
-  step of every epoch (:meth:`TracedStep.recheck`); one that differs is dropped and the fast
-  step's numbers are used. A graph that differs at its first use turns tracing off for the run.
+  graph is checked against the fast step on the same draws at its first use (the loss and every
+  gradient, 1e-6 relative: :func:`~pyrovae.inference.faststep.differs`; one that differs turns
+  tracing off for the run), and at the first step of every epoch (:meth:`TracedStep.recheck`) the
+  fast step takes the step and the graph's loss on the same draws is compared with it: if they
+  differ, every graph is dropped and recorded again (the next steps).
 
 Which pairs are traced (``train(..., traced_step=...)``, ``train.traced_step``): ``"auto"`` (the
 default) the pairs of pyrovae's own models (their class says ``traceable = True``), ``"on"`` any
@@ -73,12 +74,11 @@ def traces_pair(mode: str, owner: Optional[nn.Module]) -> bool:
 
 
 class Graph:
-    """One recorded step: ``module(*tensors)`` → :meth:`FastStep.terms`'s tensors. ``checked``:
-    matched the fast step on the same draws since the last :meth:`TracedStep.recheck`;
-    ``trusted``: matched it at least once."""
+    """One recorded step: ``module(*tensors)`` → :meth:`FastStep.terms`'s tensors; ``checked`` once
+    its loss and gradients have matched the fast step's on the same draws."""
 
     def __init__(self, module: torch.fx.GraphModule):
-        self.module, self.checked, self.trusted = module, False, False
+        self.module, self.checked = module, False
 
 
 class TracedStep:
@@ -90,7 +90,7 @@ class TracedStep:
     def __init__(self, fast: FastStep, modules: Sequence[nn.Module] = (), warn: bool = True):
         self.fast, self.modules, self.warn = fast, tuple(modules), warn
         self.graphs: "OrderedDict[tuple, Graph]" = OrderedDict()
-        self.tracing, self.why_not = True, ""
+        self.tracing, self.why_not, self.rechecking = True, "", False
         self.steps = self.recorded = 0
         self.store_ids: Tuple[int, ...] = ()
 
@@ -100,9 +100,8 @@ class TracedStep:
         return self.fast.state
 
     def recheck(self) -> None:
-        """Check every graph against the fast step again at its next use (each epoch's first step)."""
-        for graph in self.graphs.values():
-            graph.checked = False
+        """Compare the next step's graph with the fast step (called at each epoch's first step)."""
+        self.rechecking = True
 
     def loss_and_grads(self, model, guide, args: tuple, kwargs: dict) -> Optional[float]:
         """As :meth:`FastStep.loss_and_grads`: −ELBO as a number after adding its gradient to the
@@ -129,6 +128,8 @@ class TracedStep:
         self.graphs.move_to_end(key)
         if not graph.checked:
             return self._check(key, graph, model, guide, args, kwargs, tensors)
+        if self.rechecking:
+            return self._recheck(graph, model, guide, args, kwargs, tensors)
         loss, surrogate = self.fast.finish(graph.module(*tensors))
         if surrogate.requires_grad:
             surrogate.backward()
@@ -183,16 +184,23 @@ class TracedStep:
         self.recorded += 1
         return Graph(module)
 
-    def _check(self, key, graph: Graph, model, guide, args, kwargs, tensors) -> Optional[float]:
-        """The fast step and the graph on the same draws; the graph's numbers if they agree, else
-        the fast step's (the graph dropped; tracing off if it had never been checked)."""
-        rng = RngState()
+    def _eager(self, model, guide, args, kwargs):
+        """The fast step's (loss, surrogate) on this call, or None when its sites changed (then the
+        fast step is off and the Pyro ELBO takes the step)."""
         sites = self.fast.run(model, guide, args, kwargs)
         if signature(*sites) != self.fast.sites:
-            self.fast.turn_off("the pair's sites changed between steps")
+            return self.fast.turn_off("the pair's sites changed between steps")
+        return self.fast.losses(*sites)
+
+    def _check(self, key, graph: Graph, model, guide, args, kwargs, tensors) -> Optional[float]:
+        """A new graph and the fast step on the same draws: the graph's numbers if their losses and
+        gradients agree, else the fast step's, and tracing off."""
+        rng = RngState()
+        eager = self._eager(model, guide, args, kwargs)
+        if eager is None:
             return None
+        reference, ref_surrogate = eager
         params = trainable_params()
-        reference, ref_surrogate = self.fast.losses(*sites)
         ref_grads = gradients(ref_surrogate, params)
         if not all(torch.isfinite(t).all() for t in [ref_surrogate, *ref_grads] if t is not None):
             add_grads(params, ref_grads)  # NaN/Inf: nothing to compare (the trainer stops on it)
@@ -201,14 +209,32 @@ class TracedStep:
         loss, surrogate = self.fast.finish(graph.module(*tensors))
         grads = gradients(surrogate, params)
         why = differs(loss, reference, grads, ref_grads)
-        if not why:
-            graph.checked = graph.trusted = True
-            add_grads(params, grads)
-            return loss
-        del self.graphs[key]  # recorded again at the next step, unless it never matched
-        if not graph.trusted:
+        if why:
             self._turn_off(f"its recorded step differs from the pair's ({why})")
-        add_grads(params, ref_grads)
+            add_grads(params, ref_grads)
+            return reference
+        graph.checked = True
+        add_grads(params, grads)
+        return loss
+
+    def _recheck(self, graph: Graph, model, guide, args, kwargs, tensors) -> Optional[float]:
+        """The fast step takes this step; the graph's loss on the same draws (no gradients) must be
+        its loss, else every graph is dropped (what the pair's code reads has changed)."""
+        self.rechecking = False
+        rng = RngState()
+        eager = self._eager(model, guide, args, kwargs)
+        if eager is None:
+            return None
+        reference, ref_surrogate = eager
+        after = RngState()
+        rng.restore()
+        with torch.no_grad():
+            loss, _ = self.fast.finish(graph.module(*tensors))
+        after.restore()
+        if differs(loss, reference, [], []):
+            self.graphs.clear()
+        if ref_surrogate.requires_grad:
+            ref_surrogate.backward()
         return reference
 
     def _stop(self, why: str, model, guide, args, kwargs) -> Optional[float]:
