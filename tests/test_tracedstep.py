@@ -25,7 +25,8 @@ from pyrovae.inference import tracedstep
 from pyrovae.inference.faststep import FastStep
 from pyrovae.inference.tracedstep import TracedStep, traced_mode
 from pyrovae.inference.train import Trainer
-from test_faststep import ELBOS, PAIRS, X, Net, assert_same, gaussian_obs, steps, vae_pair
+from test_faststep import (ELBOS, PAIRS, X, Net, assert_same, auto_diagonal_pair, auto_normal_pair, gaussian_obs, steps,
+                           vae_pair)
 
 D = X.shape[1]
 
@@ -278,3 +279,30 @@ def test_make_fx_records_what_the_traced_step_relies_on():
     assert torch.equal(replayed, step(torch.ones(3)))
     with pytest.raises(RuntimeError, match="data-dependent"):
         make_fx(lambda x: x * 2 if x.sum() > 0 else x)(torch.ones(3))
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+@pytest.mark.parametrize("pair", [auto_normal_pair, auto_diagonal_pair])
+def test_autoguides_constrained_parameters_are_traced_to_the_bit(pair, elbo):
+    """Pyro's autoguides: PyroModule parameters, a softplus-constrained scale (the graph recomputes
+    the constrained value from the unconstrained parameter at every step), an auxiliary site."""
+    make, calls = counting(pair)
+    traced, step = traced_steps(make, ELBOS[elbo][0])
+    assert step.tracing and len(step.graphs) == 1 and len(calls) == 5, step.why_not
+    assert_same(traced, steps(pair, ELBOS[elbo][0], fast=True, n=4)[0])
+
+
+def test_bf16_networks_are_traced_with_the_same_numbers():
+    """precision="bf16": the networks under torch.autocast; the graph holds the casts autocast made."""
+    def make():
+        return pyrovae.VAE((D,), 2, hidden=(8,))
+    runs = []
+    for traced in ("on", "off"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = make()
+        trainer = Trainer(vae.model, vae.guide, X, batch_size=5, lr=1e-2, elbo="mean-field", num_particles=1,
+                          test_data=None, device="cpu", traced_step=traced, precision="bf16")
+        runs.append(([trainer.run_epoch(e) for e in (1, 2, 3)], trainer))
+    (h_on, on), (h_off, _) = runs
+    assert on.fast.tracing and on.fast.graphs and h_on == h_off
