@@ -86,12 +86,20 @@ def test_summed_log_density_falls_back_where_it_does_not_apply():
         "mask": site(bern, x, mask=torch.arange(9) < 4),
         "tensor scale": site(bern, x, scale=torch.full((9,), 2.0, dtype=torch.float64)),
         "broadcast logits": site(dist.Bernoulli(logits=logits[:1], validate_args=False).to_event(1), x),
-        "validated": site(dist.Bernoulli(logits=logits, validate_args=True).to_event(1), x),
         "not a Bernoulli": site(dist.Normal(logits, 1.0).to_event(1), x),
         "own log_prob": site(OwnLogProb(logits=logits, validate_args=False).to_event(1), x),
     }
     for name, s in cases.items():
         assert summed_log_density(s) is None, name
+
+
+def test_summed_log_density_of_a_validating_bernoulli_is_the_same_number_and_checks_the_data():
+    """Pyro's validation (a run's first step): the fused sum still, and the support check still raises."""
+    x, logits = binary(), torch.randn(9, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    quiet = summed_log_density(site(dist.Bernoulli(logits=logits, validate_args=False).to_event(1), x))
+    assert torch.equal(summed_log_density(site(dist.Bernoulli(logits=logits, validate_args=True).to_event(1), x)), quiet)
+    with pytest.raises(ValueError, match="support"):
+        summed_log_density(site(dist.Bernoulli(logits=logits, validate_args=True).to_event(1), x * 0.5))
 
 
 class TutorialPair(nn.Module):

@@ -58,7 +58,8 @@ class MeanField_ELBO(ELBO):
     suite that exercise ``TraceMeanField_ELBO`` (tests/test_meanfield_conformance.py). While
     Pyro's validation is on (and for a ``GuideMessenger`` guide) it traces exactly as Pyro's class
     does, with all log-densities and all of its checks, and warns as it does when the guide's
-    latent sites are not in the model's order.
+    latent sites are not in the model's order; an observed Bernoulli's term is then still its fused
+    sum, so that a step's numbers do not depend on whether validation is on.
 
     Why not a subclass of ``TraceMeanField_ELBO``: it used to be one, overriding its private
     ``_get_trace`` and ``_differentiable_loss_particle``, whose names, signatures and call order
@@ -83,6 +84,7 @@ class MeanField_ELBO(ELBO):
             if is_validation_enabled():
                 check_if_enumerated(guide_trace)
                 _warn_unless_in_model_order(model_trace, guide_trace)
+            _sum_observed_in_one_kernel(model_trace)  # the same numbers with validation on or off
         else:
             model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
             _sum_observed_in_one_kernel(model_trace)

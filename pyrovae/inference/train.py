@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import pyro
 import torch
 from pyro.infer import RenyiELBO
-from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -338,7 +337,7 @@ class Trainer:
         gradients add up in the parameters' ``.grad``."""
         pair, factor = self._scaled_pair(batch_size_of(args, kwargs), term, scales_inside(elbo))
         if factor == 1.0:
-            if term is None and self.fast is not None and not is_validation_enabled():
+            if term is None and self.fast is not None and not self.validate:
                 loss = self.fast.loss_and_grads(*pair, args, kwargs)  # None: the Pyro ELBO takes this step
                 if loss is not None:
                     return loss
