@@ -2,7 +2,7 @@
 
 At Burda's batch size (20) a step of ``pyrovae.train`` is dominated by Pyro's per-step Python
 machinery (messengers, traces, ``pyro.module``'s parameter registration), not by arithmetic. The
-two ways torch offers to remove Python from a step, tried on the user pair of
+two ways torch offers to compile a step, and pyrovae's two lean steps, tried on the user pair of
 ``benchmarks/train_throughput.py`` (Pyro's VAE tutorial, 784-400-50, mean-field ELBO), one
 thread, in one process, each method (its own network and
 parameters) timed in alternating rounds of ``--steps`` Adam steps:
@@ -12,10 +12,14 @@ parameters) timed in alternating rounds of ``--steps`` Adam steps:
 * ``pyro-jit``: Pyro's ``JitTraceMeanField_ELBO`` (``torch.jit.trace`` of the loss: TorchScript);
 * ``torch.compile``: ``torch.compile`` of ``MeanField_ELBO.differentiable_loss`` (TorchDynamo +
   Inductor), then ``backward``; its compile time and Dynamo's graph-break count are printed;
-* ``fast-step``: what the trainer runs now, :class:`pyrovae.inference.faststep.FastStep` — the pair
+* ``fast-step``: :class:`pyrovae.inference.faststep.FastStep` — the pair
   under one recording messenger in place of Pyro's trace + replay messengers, no ``Trace``
   objects, the same mean-field sum to the last bit (checked against ``MeanField_ELBO`` at its
-  first, untimed step; the benchmark stops if that check fails).
+  first, untimed step; the benchmark stops if that check fails);
+* ``traced``: what the trainer runs for pyrovae's models (and for a user's pair with
+  ``traced_step="on"``), :class:`pyrovae.inference.tracedstep.TracedStep` — that fast step recorded
+  once with ``make_fx`` and replayed as a graph of ATen operations (checked against the fast step
+  at its first use; the benchmark stops if tracing turns off).
 
 Reported: the median CPU milliseconds per step (the process's own time: the steadier figure on a
 shared machine) after one warm-up round, and the ratio to ``eager``.
@@ -40,6 +44,7 @@ from train_throughput import TutorialVAE  # noqa: E402
 
 from pyrovae.inference.elbos import MeanField_ELBO  # noqa: E402
 from pyrovae.inference.faststep import FastStep  # noqa: E402
+from pyrovae.inference.tracedstep import TracedStep  # noqa: E402
 
 
 def stepper(method: str, x: torch.Tensor, batch: int):
@@ -49,7 +54,7 @@ def stepper(method: str, x: torch.Tensor, batch: int):
     pyro.set_rng_seed(0)
     vae = TutorialVAE()
     elbo = {"eager": MeanField_ELBO, "pyro": TraceMeanField_ELBO, "pyro-jit": JitTraceMeanField_ELBO,
-            "torch.compile": MeanField_ELBO, "fast-step": MeanField_ELBO}[method]()
+            "torch.compile": MeanField_ELBO, "fast-step": MeanField_ELBO, "traced": MeanField_ELBO}[method]()
     start = time.perf_counter()
     elbo.loss_and_grads(vae.model, vae.guide, x[:batch])  # registers the parameters (and traces the JIT's loss)
     opt = torch.optim.Adam([p for _, p in pyro.get_param_store().named_parameters()], lr=1e-3)
@@ -59,12 +64,12 @@ def stepper(method: str, x: torch.Tensor, batch: int):
 
         def loss_and_grads(xb):
             compiled(xb).backward()
-    elif method == "fast-step":
-        fast = FastStep.for_elbo(elbo)
+    elif method in ("fast-step", "traced"):
+        fast = FastStep.for_elbo(elbo) if method == "fast-step" else TracedStep(FastStep.for_elbo(elbo))
 
         def loss_and_grads(xb):
-            if fast.loss_and_grads(vae.model, vae.guide, (xb,), {}) is None:
-                raise RuntimeError(f"the fast step is off for this pair: {fast.why_off}")
+            if fast.loss_and_grads(vae.model, vae.guide, (xb,), {}) is None or not getattr(fast, "tracing", True):
+                raise RuntimeError(f"the {method} step is off for this pair: {fast.why_off if method == 'fast-step' else fast.why_not}")
     else:
         def loss_and_grads(xb):
             elbo.loss_and_grads(vae.model, vae.guide, xb)
@@ -100,7 +105,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, nargs="+", default=[20, 100])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--methods", nargs="+", default=["eager", "pyro", "pyro-jit", "torch.compile", "fast-step"])
+    p.add_argument("--methods", nargs="+", default=["eager", "pyro", "pyro-jit", "torch.compile", "fast-step", "traced"])
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")

@@ -213,7 +213,7 @@ class TracedStep:
             self._turn_off(f"its recorded step differs from the pair's ({why})")
             add_grads(params, ref_grads)
             return reference
-        graph.checked = True
+        graph.checked, self.rechecking = True, False  # compared in full: this step needs no recheck
         add_grads(params, grads)
         return loss
 
@@ -238,7 +238,7 @@ class TracedStep:
         return reference
 
     def _stop(self, why: str, model, guide, args, kwargs) -> Optional[float]:
-        self._turn_off(why, warn=False)
+        self._turn_off(why)
         return self.fast.loss_and_grads(model, guide, args, kwargs)
 
     def _turn_off(self, why: str, warn: bool = True) -> None:
