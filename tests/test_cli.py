@@ -166,6 +166,7 @@ def run_error(args, capsys):
     ("trainer.epochs=3", "unknown section(s) ['trainer']"),
     ("train.lr=fast", "train.lr must be a number, got 'fast'"),
     ("data.binarize=sometimes", "data.binarize must be one of 'none', 'static', 'dynamic'"),
+    ("train.traced_step=yes", "train.traced_step must be one of 'auto', 'on', 'off'; got 'yes'"),
     # these two are found only when the model is built, after the data are read
     pytest.param("model.prior=mixture model.prior_options={components=0}",
                  "components must be a positive integer, got 0", marks=MNIST_MARKS),

@@ -185,21 +185,21 @@ class TracedStep:
         return Graph(module)
 
     def _eager(self, model, guide, args, kwargs):
-        """The fast step's (loss, surrogate) on this call, or None when its sites changed (then the
-        fast step is off and the Pyro ELBO takes the step)."""
+        """(the random state before it, the fast step's loss and surrogate) on this call, or None when
+        its sites changed (then the fast step is off and the Pyro ELBO takes the step)."""
+        rng = RngState()
         sites = self.fast.run(model, guide, args, kwargs)
         if signature(*sites) != self.fast.sites:
             return self.fast.turn_off("the pair's sites changed between steps")
-        return self.fast.losses(*sites)
+        return (rng, *self.fast.losses(*sites))
 
     def _check(self, key, graph: Graph, model, guide, args, kwargs, tensors) -> Optional[float]:
         """A new graph and the fast step on the same draws: the graph's numbers if their losses and
         gradients agree, else the fast step's, and tracing off."""
-        rng = RngState()
         eager = self._eager(model, guide, args, kwargs)
         if eager is None:
             return None
-        reference, ref_surrogate = eager
+        rng, reference, ref_surrogate = eager
         params = trainable_params()
         ref_grads = gradients(ref_surrogate, params)
         if not all(torch.isfinite(t).all() for t in [ref_surrogate, *ref_grads] if t is not None):
@@ -221,11 +221,10 @@ class TracedStep:
         """The fast step takes this step; the graph's loss on the same draws (no gradients) must be
         its loss, else every graph is dropped (what the pair's code reads has changed)."""
         self.rechecking = False
-        rng = RngState()
         eager = self._eager(model, guide, args, kwargs)
         if eager is None:
             return None
-        reference, ref_surrogate = eager
+        rng, reference, ref_surrogate = eager
         after = RngState()
         rng.restore()
         with torch.no_grad():
