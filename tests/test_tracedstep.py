@@ -125,6 +125,17 @@ def test_each_argument_shape_and_number_gets_its_own_graph_and_the_same_numbers(
     assert got == want
 
 
+def test_a_tensor_weight_that_changes_at_every_step_is_an_input_of_one_graph():
+    model, guide, step = fresh(kwarg_pair)
+    before = step.recorded
+    calls = [((X,), {"weight": torch.tensor(1.0 + i / 10)}) for i in range(6)]
+    torch.manual_seed(5)
+    got = traced_calls(step, model, guide, calls)
+    assert step.tracing and step.recorded == before + 1
+    torch.manual_seed(5)
+    assert got == traced_calls(step.fast, model, guide, calls)
+
+
 def test_arguments_that_change_at_every_step_stop_tracing():
     model, guide, step = fresh(kwarg_pair)
     calls = [((X,), {"weight": 1.0 + i / 100}) for i in range(tracedstep.MAX_GRAPHS + 2)]
