@@ -594,10 +594,10 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
             all-reduced (:mod:`pyrovae.inference.distributed`); rank 0 alone shows progress, writes the
             checkpoint and calls ``callback``; every rank reads the checkpoint on ``resume``.
-        fast_step: once the first steps are done, a ``Trace_ELBO`` or ``"mean-field"`` pair (particles
-            vectorized) runs without Pyro's trace bookkeeping — the same loss and gradients, checked
-            against the Pyro ELBO on the same draws before it is used (:mod:`pyrovae.inference.faststep`);
-            False always runs the Pyro ELBO.
+        fast_step: a ``Trace_ELBO`` or ``"mean-field"`` pair (particles vectorized) runs without
+            Pyro's trace bookkeeping — the same loss and gradients (a Bernoulli's sum fused, equal to
+            float rounding), checked against the Pyro ELBO on the same draws at the first step
+            (:mod:`pyrovae.inference.faststep`); False always runs the Pyro ELBO.
         traced_step: the fast step recorded once as a graph of tensor operations and replayed
             without the pair's Python, checked equal to it at its first use and every epoch
             (:mod:`pyrovae.inference.tracedstep`): ``"auto"`` for pyrovae's own models, ``"on"`` (True)
