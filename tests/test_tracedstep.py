@@ -319,3 +319,24 @@ def test_bf16_networks_are_traced_with_the_same_numbers():
         runs.append(([trainer.run_epoch(e) for e in (1, 2, 3)], trainer))
     (h_on, on), (h_off, _) = runs
     assert on.fast.tracing and on.fast.graphs and h_on == h_off
+
+
+@pytest.mark.parametrize("family", ["conditional", "two-layer", "vamp"])
+def test_pyrovaes_other_models_are_traced_with_the_same_numbers(family):
+    """model(x, y) (two graph inputs), two stochastic layers, the VampPrior (the encoder inside the prior)."""
+    y = torch.nn.functional.one_hot(torch.arange(len(X)) % 3, 3).float()
+    make = {"conditional": lambda: pyrovae.ConditionalVAE((D,), 2, 3, hidden=(8,)),
+            "two-layer": lambda: pyrovae.TwoLayerVAE((D,), (3, 2), hidden=((8,), (6,))),
+            "vamp": lambda: pyrovae.VAE((D,), 2, hidden=(8,), prior="vamp", prior_options={"components": 4})}[family]
+    data = (X, y) if family == "conditional" else X
+    runs = []
+    for traced in ("auto", "off"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = make()
+        trainer = Trainer(model.model, model.guide, data, batch_size=5, lr=1e-2, elbo="mean-field", num_particles=1,
+                          test_data=None, device="cpu", traced_step=traced)
+        runs.append(([trainer.run_epoch(e) for e in (1, 2, 3)], trainer))
+    (h_auto, auto), (h_off, _) = runs
+    assert auto.fast.tracing and len(auto.fast.graphs) == 2, auto.fast.why_not
+    assert h_auto == h_off
