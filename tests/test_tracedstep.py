@@ -340,3 +340,19 @@ def test_pyrovaes_other_models_are_traced_with_the_same_numbers(family):
     (h_auto, auto), (h_off, _) = runs
     assert auto.fast.tracing and len(auto.fast.graphs) == 2, auto.fast.why_not
     assert h_auto == h_off
+
+
+def test_a_kl_warm_up_records_a_graph_per_beta_with_the_same_numbers():
+    """β rises each epoch (ScaleLatents wraps the pair anew for each β): a new key, a new graph."""
+    x = torch.rand(100, D, generator=torch.Generator().manual_seed(3)).bernoulli()
+    runs = []
+    for traced in ("auto", "off"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = pyrovae.VAE((D,), 2, hidden=(8,))
+        trainer = Trainer(vae.model, vae.guide, x, batch_size=10, lr=1e-2, elbo="trace", num_particles=1,
+                          test_data=None, device="cpu", traced_step=traced)
+        runs.append(([trainer.run_epoch(e, beta=min(1.0, e / 3)) for e in (1, 2, 3, 4)], trainer))
+    (h_auto, auto), (h_off, _) = runs
+    assert auto.fast.tracing and auto.fast.recorded == 3, auto.fast.why_not  # β = 1/3, 2/3, 1
+    assert h_auto == h_off
