@@ -195,19 +195,24 @@ class Annealed(torch.nn.Module):
             pyro.sample("z", dist.Normal(self.enc(x), 1.0).to_event(1))
 
 
-def train_runs(make, traced, epochs=3, elbo="mean-field", on_epoch=None, batch=5, x=X):
-    """Epochs of pyrovae's Trainer from one seed: (history, parameters, trainer)."""
+def train_runs(make, traced, epochs=3, elbo="mean-field", on_epoch=None, batch=5, x=X, precision="float32",
+               beta=lambda epoch: 1.0):
+    """Epochs of pyrovae's Trainer from one seed (β of each epoch from ``beta``): (history, parameters, trainer)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     owner = make()
     trainer = Trainer(owner.model, owner.guide, x, batch_size=batch, lr=1e-2, elbo=elbo, num_particles=1,
-                      test_data=None, device="cpu", traced_step=traced)
+                      test_data=None, device="cpu", traced_step=traced, precision=precision)
     history = []
     for e in range(1, epochs + 1):
-        history.append(trainer.run_epoch(e))
+        history.append(trainer.run_epoch(e, beta=beta(e)))
         if on_epoch:
             on_epoch(owner, e)
     return history, {k: p.detach().clone() for k, p in trainer.params.items()}, trainer
+
+
+def small_vae():
+    return pyrovae.VAE((D,), 2, hidden=(8,))
 
 
 def test_state_a_callback_changes_between_epochs_is_caught_by_the_epochs_recheck():
@@ -222,12 +227,10 @@ def test_state_a_callback_changes_between_epochs_is_caught_by_the_epochs_recheck
 
 @pytest.mark.parametrize("elbo", ["trace", "mean-field"])
 def test_the_trainer_traces_pyrovaes_models_by_default_with_the_same_numbers(elbo):
-    def make():
-        return pyrovae.VAE((D,), 2, hidden=(8,))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        h_auto, p_auto, trainer = train_runs(make, "auto", elbo=elbo)
-    h_off, p_off, plain = train_runs(make, "off", elbo=elbo)
+        h_auto, p_auto, trainer = train_runs(small_vae, "auto", elbo=elbo)
+    h_off, p_off, plain = train_runs(small_vae, "off", elbo=elbo)
     assert isinstance(trainer.fast, TracedStep) and isinstance(plain.fast, FastStep)
     assert trainer.fast.tracing and len(trainer.fast.graphs) == 2  # batches of 5 and the last of 2
     assert h_auto == h_off and all(torch.equal(p_auto[k], p_off[k]) for k in p_off)
@@ -307,18 +310,8 @@ def test_autoguides_constrained_parameters_are_traced_to_the_bit(pair, elbo):
 
 def test_bf16_networks_are_traced_with_the_same_numbers():
     """precision="bf16": the networks under torch.autocast; the graph holds the casts autocast made."""
-    def make():
-        return pyrovae.VAE((D,), 2, hidden=(8,))
-    runs = []
-    for traced in ("on", "off"):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        vae = make()
-        trainer = Trainer(vae.model, vae.guide, X, batch_size=5, lr=1e-2, elbo="mean-field", num_particles=1,
-                          test_data=None, device="cpu", traced_step=traced, precision="bf16")
-        runs.append(([trainer.run_epoch(e) for e in (1, 2, 3)], trainer))
-    (h_on, on), (h_off, _) = runs
-    assert on.fast.tracing and on.fast.graphs and h_on == h_off
+    h_on, _, on = train_runs(small_vae, "on", precision="bf16")
+    assert on.fast.tracing and on.fast.graphs and h_on == train_runs(small_vae, "off", precision="bf16")[0]
 
 
 @pytest.mark.parametrize("family", ["conditional", "two-layer", "vamp"])
@@ -329,30 +322,15 @@ def test_pyrovaes_other_models_are_traced_with_the_same_numbers(family):
             "two-layer": lambda: pyrovae.TwoLayerVAE((D,), (3, 2), hidden=((8,), (6,))),
             "vamp": lambda: pyrovae.VAE((D,), 2, hidden=(8,), prior="vamp", prior_options={"components": 4})}[family]
     data = (X, y) if family == "conditional" else X
-    runs = []
-    for traced in ("auto", "off"):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = make()
-        trainer = Trainer(model.model, model.guide, data, batch_size=5, lr=1e-2, elbo="mean-field", num_particles=1,
-                          test_data=None, device="cpu", traced_step=traced)
-        runs.append(([trainer.run_epoch(e) for e in (1, 2, 3)], trainer))
-    (h_auto, auto), (h_off, _) = runs
+    h_auto, _, auto = train_runs(make, "auto", x=data)
     assert auto.fast.tracing and len(auto.fast.graphs) == 2, auto.fast.why_not
-    assert h_auto == h_off
+    assert h_auto == train_runs(make, "off", x=data)[0]
 
 
 def test_a_kl_warm_up_records_a_graph_per_beta_with_the_same_numbers():
     """β rises each epoch (ScaleLatents wraps the pair anew for each β): a new key, a new graph."""
     x = torch.rand(100, D, generator=torch.Generator().manual_seed(3)).bernoulli()
-    runs = []
-    for traced in ("auto", "off"):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        vae = pyrovae.VAE((D,), 2, hidden=(8,))
-        trainer = Trainer(vae.model, vae.guide, x, batch_size=10, lr=1e-2, elbo="trace", num_particles=1,
-                          test_data=None, device="cpu", traced_step=traced)
-        runs.append(([trainer.run_epoch(e, beta=min(1.0, e / 3)) for e in (1, 2, 3, 4)], trainer))
-    (h_auto, auto), (h_off, _) = runs
+    options = dict(epochs=4, elbo="trace", batch=10, x=x, beta=lambda epoch: min(1.0, epoch / 3))
+    h_auto, _, auto = train_runs(small_vae, "auto", **options)
     assert auto.fast.tracing and auto.fast.recorded == 3, auto.fast.why_not  # β = 1/3, 2/3, 1
-    assert h_auto == h_off
+    assert h_auto == train_runs(small_vae, "off", **options)[0]
