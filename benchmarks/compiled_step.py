@@ -69,7 +69,8 @@ def stepper(method: str, x: torch.Tensor, batch: int):
 
         def loss_and_grads(xb):
             if fast.loss_and_grads(vae.model, vae.guide, (xb,), {}) is None or not getattr(fast, "tracing", True):
-                raise RuntimeError(f"the {method} step is off for this pair: {fast.why_off if method == 'fast-step' else fast.why_not}")
+                why = fast.why_off if isinstance(fast, FastStep) else fast.why_not or fast.fast.why_off
+                raise RuntimeError(f"the {method} step is off for this pair: {why}")
     else:
         def loss_and_grads(xb):
             elbo.loss_and_grads(vae.model, vae.guide, xb)

@@ -216,7 +216,7 @@ class FastStep:
             return self.turn_off(f"it raised {type(e).__name__}")
         params = trainable_params()
         ref_grads = gradients(reference, params)
-        if not all(torch.isfinite(t).all() for t in [reference, *ref_grads] if t is not None):
+        if not all_finite([reference, *ref_grads]):
             rng.restore()  # NaN/Inf: nothing to compare; the Pyro ELBO takes this step, the check waits
             return None
         why = unsupported(model_sites, guide_sites)
@@ -250,6 +250,11 @@ def gradients(loss, params: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
     if not getattr(loss, "requires_grad", False) or not params:
         return [None] * len(params)
     return list(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))
+
+
+def all_finite(tensors) -> bool:
+    """Whether every tensor given (None skipped) holds no NaN or ±Inf."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
 
 def differs(loss: float, reference: float, grads, grads_ref) -> str:

@@ -45,7 +45,7 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import InputError
-from .faststep import FastStep, add_grads, differs, gradients, signature, trainable_params
+from .faststep import FastStep, add_grads, all_finite, differs, gradients, signature, trainable_params
 from .traces import RngState
 
 #: graphs kept per run (least recently used dropped first)
@@ -202,7 +202,7 @@ class TracedStep:
         rng, reference, ref_surrogate = eager
         params = trainable_params()
         ref_grads = gradients(ref_surrogate, params)
-        if not all(torch.isfinite(t).all() for t in [ref_surrogate, *ref_grads] if t is not None):
+        if not all_finite([ref_surrogate, *ref_grads]):
             add_grads(params, ref_grads)  # NaN/Inf: nothing to compare (the trainer stops on it)
             return reference
         rng.restore()

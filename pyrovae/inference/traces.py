@@ -141,8 +141,8 @@ def summed_log_density(site) -> Optional[torch.Tensor]:
     forward and one backward instead of the element-wise log-density [B, D], its negation and
     its sum. The same value as ``site["fn"].log_prob(site["value"]).sum()`` scaled (up to the
     order of the float sum). A distribution that validates its arguments (Pyro's validation, on at
-    a run's first step) computes its element-wise ``log_prob`` too, for its checks alone, so the
-    number is the same with validation on or off. None when the site has extra arguments, a mask or
+    a run's first step) computes its element-wise ``log_prob`` too, for its checks alone (unless the
+    site holds one already: a ``Trace`` computed it), so the number is the same with validation on or off. None when the site has extra arguments, a mask or
     a tensor scale: then the caller computes it the general way."""
     fn, value, scale = site["fn"], site["value"], site["scale"]
     if site["mask"] is not None or site["args"] or site["kwargs"] or torch.is_tensor(scale):
@@ -155,7 +155,7 @@ def summed_log_density(site) -> Optional[torch.Tensor]:
     logits = fn.logits
     if logits.shape != value.shape:
         return None
-    if not own and fn._validate_args:
+    if not own and fn._validate_args and "log_prob" not in site:  # (a traced site's log_prob has checked it)
         site["fn"].log_prob(value)  # only for its checks (x in the support): they raise as the element-wise sum would
     return -binary_cross_entropy_with_logits(logits, value, reduction="sum") * scale
 
