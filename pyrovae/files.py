@@ -55,3 +55,50 @@ def write_text(path: Union[str, os.PathLike], text: str) -> Path:
     with atomic_write(path) as f:
         f.write(text)
     return Path(path)
+
+
+#: the characters :func:`tempfile.mkstemp` draws its 8 random characters from
+_TEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def temporary_of(name: str, targets) -> bool:
+    """Whether ``name`` is a temporary file :func:`atomic_write` (or a probe made the same way) left
+    for one of ``targets``: ``.<target>.<8 characters of mkstemp>.tmp``. Nothing else a folder
+    holds matches, so only pyrovae's own temporaries are ever removed as orphans."""
+    for target in targets:
+        prefix = f".{target}."
+        middle = name[len(prefix):-len(".tmp")] if name.startswith(prefix) and name.endswith(".tmp") else ""
+        if len(middle) == 8 and set(middle) <= _TEMP_CHARS:
+            return True
+    return False
+
+
+#: the folders this process holds (:func:`lock_folder`): path -> the open descriptor the lock lives on
+_HELD: dict = {}
+
+
+def lock_folder(folder: Union[str, os.PathLike]) -> bool:
+    """Hold ``folder`` (``fcntl.flock``, exclusive, on the folder itself: no lock file is written)
+    until :func:`unlock_folder` or the end of this process; True if held now (again, if this
+    process already held it), False if another process holds it. The operating system releases
+    the lock of a process that dies, so a killed run never leaves a stale lock."""
+    import fcntl
+
+    key = str(Path(folder).resolve())
+    if key in _HELD:
+        return True
+    fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _HELD[key] = fd
+    return True
+
+
+def unlock_folder(folder: Union[str, os.PathLike]) -> None:
+    """Release the lock :func:`lock_folder` took (nothing if this process holds none)."""
+    fd = _HELD.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)

@@ -4,6 +4,7 @@ Each test is a case a user met: the CLI answers with one line ``pyrovae: error: 
 the argument or path (exit status 2), or does the safe thing; never a wrong number with exit
 status 0, never lost or overwritten work. Runs use the synthetic PPCA set (no data files).
 """
+import fcntl
 import json
 import os
 import shutil
@@ -95,11 +96,49 @@ def test_writes_do_not_follow_planted_links_and_leave_no_temporaries(run_copy, t
     outside.write_text("precious")
     for name in ("config.toml.tmp", "checkpoint.pt.tmp", "metrics.csv.tmp", "summary.json.tmp"):
         (run_copy / name).symlink_to(outside)
-    (run_copy / ".checkpoint.pt.orphan.tmp").write_bytes(b"left by a killed run")
+    (run_copy / ".checkpoint.pt.k3j_9xq2.tmp").write_bytes(b"left by a killed run")
     assert main(["train", "--out", str(run_copy), "--resume", "--set", "train.epochs=3"]) == 0
     assert outside.read_text() == "precious"
     assert not list(run_copy.glob(".*.tmp"))
     assert ckpt.load_training(run_copy / "checkpoint.pt")["epoch"] == 3
+
+
+def test_a_run_dir_is_held_by_one_process_at_a_time(run_copy, capsys):
+    """Two `--force` runs into one folder: the second is refused while the first holds it. The
+    mechanism, deterministically: an exclusive flock on the folder taken through another open file
+    description (as another process would hold it)."""
+    before = (run_copy / "checkpoint.pt").read_bytes()
+    other = os.open(run_copy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = one_line_error(train_args(run_copy, 1, "--force"), capsys)
+        assert f"{run_copy} is in use by another pyrovae process" in err and "another --out" in err
+        assert (run_copy / "checkpoint.pt").read_bytes() == before
+    finally:
+        os.close(other)
+    assert main(train_args(run_copy, 1, "--force")) == 0   # released: the run goes ahead
+    assert not [p.name for p in run_copy.iterdir() if "lock" in p.name]  # no lock file left behind
+
+
+def test_a_failed_start_leaves_no_run_that_blocks_the_same_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = one_line_error(train_args(out, 1, "--set", "data.dataset=arrays", "--set",
+                                    f"data.path={tmp_path / 'missing.npz'}"), capsys)
+    assert "missing.npz does not exist" in err
+    assert main(train_args(out, 1)) == 0                   # not "already holds a run"
+    assert ckpt.load_training(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_only_pyrovae_temporaries_are_removed(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = {".notes.tmp": "a user's", ".checkpoint.pt.tmp": "also a user's", ".metrics.csv.toolong12.tmp": "too"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    (out / ".summary.json.ab_3x9qz.tmp").write_text("left by a killed run")
+    assert main(train_args(out, 1)) == 0
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert not (out / ".summary.json.ab_3x9qz.tmp").exists()
 
 
 def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path, capsys, immutable):

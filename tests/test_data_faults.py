@@ -8,6 +8,7 @@ MNIST-shaped files but not MNIST itself, it writes small idx files of its own (h
 the format torchvision reads), which keeps it fast and runnable without the data.
 """
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -18,7 +19,7 @@ import torch
 from scipy.io import savemat
 
 from pyrovae.data import DataError, DataNotFoundError, load_dataset, load_frey
-from pyrovae.data.cache import KEYS_FOLDER, copy_verified
+from pyrovae.data.cache import ENTRIES_FOLDER, ENTRY_KEY, copy_verified, entry_ok, publish
 from pyrovae.errors import ConfigError
 
 from conftest import DATA_DIR, needs_frey, needs_mnist
@@ -231,15 +232,22 @@ def test_changed_source_is_read_again(tmp_path, cache):
     assert load_dataset("mnist", "test", data_dir=data).x.max() == 11 / 255
 
 
-def test_bad_new_source_removes_the_old_entry(tmp_path, cache):
+def test_bad_new_source_publishes_no_entry(tmp_path, cache):
     data = small_data_dir(tmp_path / "data")
     load_dataset("mnist", "test", data_dir=data)
+    before = cache_files(cache)
     bad = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     truncate(bad, -1)
     with pytest.raises(DataError) as err:
         load_dataset("mnist", "test", data_dir=data)
     assert_one_line(err, bad, "replace it")
-    assert not [f for f in cache_files(cache) if "t10k-images" in f]
+    assert cache_files(cache) == before  # no entry of the bad source, no staging folder left
+
+
+def only_entry(cache):
+    entries = [p for p in (cache / ENTRIES_FOLDER).iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1, entries
+    return entries[0]
 
 
 @pytest.mark.parametrize("damage", [
@@ -251,14 +259,47 @@ def test_bad_new_source_removes_the_old_entry(tmp_path, cache):
 def test_damaged_cache_entry_is_rebuilt(tmp_path, cache, damage):
     data = small_data_dir(tmp_path / "data", n_test=3, fill=7)
     load_dataset("mnist", "test", data_dir=data)
-    entry = cache / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
-    key = cache / KEYS_FOLDER / "MNIST" / "raw" / "t10k-images-idx3-ubyte.json"
+    folder = only_entry(cache)
+    entry, key = folder / "MNIST" / "raw" / "t10k-images-idx3-ubyte", folder / ENTRY_KEY
     size, mtime = entry.stat().st_size, entry.stat().st_mtime_ns
     damage(entry, key)
     os.utime(entry, ns=(mtime - 10**9, mtime - 10**9))  # so a rebuild shows in the modification time
     again = load_dataset("mnist", "test", data_dir=data)
     assert again.x.shape == (3, 28, 28) and bool((again.x == 7 / 255).all())
+    assert only_entry(cache) == folder
     assert entry.stat().st_size == size and entry.stat().st_mtime_ns != mtime - 10**9 and key.exists()
+
+
+def test_two_data_dirs_sharing_one_cache_each_get_their_own_data(tmp_path, cache):
+    """Each set of sources has its own keyed entry, never rewritten: loads from two data dirs,
+    interleaved, each read their own images and labels (the entry of one is not the other's)."""
+    a = small_data_dir(tmp_path / "a", n_test=3, fill=7)
+    b = small_data_dir(tmp_path / "b", n_test=4, fill=9)
+    write_idx(b / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.full(4, 5))
+    for _ in range(2):
+        x_a, x_b = load_dataset("mnist", "test", data_dir=a), load_dataset("mnist", "test", data_dir=b)
+        assert bool((x_a.x == 7 / 255).all()) and x_a.labels.tolist() == [0, 1, 2]
+        assert bool((x_b.x == 9 / 255).all()) and x_b.labels.tolist() == [5, 5, 5, 5]
+    assert len([p for p in (cache / ENTRIES_FOLDER).iterdir()]) == 2
+
+
+def test_an_entry_is_published_whole_once(tmp_path, cache):
+    """The mechanism that keeps concurrent loads apart, step by step: while one process builds an
+    entry (a staging folder), the entry's path does not exist, so no reader sees part of it; the
+    first complete folder renamed to it wins, and a second publisher of the same sources leaves the
+    published entry as it is (its staging folder is not renamed over it)."""
+    data = small_data_dir(tmp_path / "data", n_test=3, fill=7)
+    load_dataset("mnist", "test", data_dir=data)
+    entry = only_entry(cache)
+    key = json.loads((entry / ENTRY_KEY).read_text())
+    assert entry_ok(entry, key)
+    staging = cache / ENTRIES_FOLDER / ".late.staging"
+    shutil.copytree(entry, staging)
+    write_idx(staging / "MNIST" / "raw" / "t10k-images-idx3-ubyte", np.full((3, 28, 28), 200))
+    assert publish(staging, entry) is False  # the entry was there first: kept as it was
+    assert staging.is_dir() and bool((load_dataset("mnist", "test", data_dir=data).x == 7 / 255).all())
+    moved = cache / ENTRIES_FOLDER / "fresh"
+    assert publish(staging, moved) is True and not staging.exists() and moved.is_dir()
 
 
 # ----------------------------------------------------------------------------- the data dir
@@ -282,14 +323,13 @@ def test_missing_data_dir_is_an_error_even_with_a_warm_cache(tmp_path, cache):
 
 
 def test_source_removed_from_the_data_dir(tmp_path, cache):
-    """An entry whose source is gone is not served (offline: an error naming the files) and is removed."""
+    """An entry whose source is gone is not served (offline: an error naming the files)."""
     data = small_data_dir(tmp_path / "data")
     load_dataset("mnist", "test", data_dir=data)
     (data / "MNIST" / "raw" / "t10k-images-idx3-ubyte").unlink()
     with pytest.raises(DataNotFoundError) as err:
         load_dataset("mnist", "test", data_dir=data)
     assert_one_line(err, data, "MNIST/raw/t10k-images-idx3-ubyte.gz", "PYROVAE_OFFLINE")
-    assert not [f for f in cache_files(cache) if "t10k-images" in f]
 
 
 def test_unkeyed_entries_are_used_when_the_data_dir_lacks_the_files(tmp_path, cache):

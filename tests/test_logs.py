@@ -3,6 +3,7 @@
 import csv
 import math
 import sys
+from types import SimpleNamespace
 
 import pyro
 import pytest
@@ -12,7 +13,7 @@ import pyrovae
 from pyrovae.app import config as cfgmod
 from pyrovae.app import logs
 from pyrovae.app.cli import main
-from pyrovae.errors import ConfigError, InputTypeError
+from pyrovae.errors import ConfigError, InputError, InputTypeError
 from pyrovae.inference.callbacks import Callback
 from pyrovae.inference.train import train
 
@@ -148,6 +149,28 @@ def test_tensorboard_event_files_hold_the_history_and_the_image_grids(tmp_path):
         images = events.Images(tag)
         assert [i.step for i in images] == [1, 2, 3]
         assert {(i.height, i.width) for i in images} == {(height, width)}
+
+
+def test_tensorboard_removes_only_the_event_files_pyrovae_wrote(tmp_path):
+    """A fresh run replaces the event files of the run it replaces (listed as pyrovae's) and never
+    touches files it did not write: a folder holding a user's own event files is refused."""
+    pytest.importorskip("tensorboard", reason="needs the tensorboard extra: pip install 'pyrovae[tensorboard]'")
+    fresh = SimpleNamespace(history=[])
+    first = logs.TensorBoardLogger(tmp_path)
+    first.on_train_start(fresh)
+    first.on_train_end(fresh)
+    (ours,) = first.written()
+    second = logs.TensorBoardLogger(tmp_path)
+    second.on_train_start(fresh)                                          # --force: the old run's file goes
+    second.on_train_end(fresh)
+    assert not (tmp_path / "tensorboard" / ours).exists() and len(second.written()) == 1
+    users = tmp_path / "mine" / "tensorboard" / "events.out.tfevents.1700000000.host.1.0"
+    users.parent.mkdir(parents=True)
+    users.write_bytes(b"the user's own events")
+    with pytest.raises(InputError, match=f"{users.parent} holds event files pyrovae did not write "
+                                         f"\\({users.name}\\): move them elsewhere"):
+        logs.TensorBoardLogger(tmp_path / "mine").on_train_start(fresh)
+    assert users.read_bytes() == b"the user's own events"
 
 
 def test_image_grids_leave_the_random_state_alone_and_show_the_data():

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import ConfigError, PyrovaeError
-from ..files import write_text
+from ..files import unlock_folder, write_text
 
 #: what the CLI reports as one line: the user's mistakes and failed runs, and files it could not read or write
 USER_ERRORS = (PyrovaeError, OSError)
@@ -121,6 +121,7 @@ def cmd_train(args):
     try:
         _train(args, cfg)
     finally:
+        unlock_folder(args.out)  # the run dir prepare_run_dir held
         distributed.shutdown()
 
 

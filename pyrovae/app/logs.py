@@ -35,8 +35,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from ..errors import ConfigError
-from ..files import atomic_write
+from ..errors import ConfigError, InputError
+from ..files import atomic_write, write_text
 from ..inference.callbacks import Callback
 from ..model import ConditionalVAE
 from ..registry import Registry
@@ -125,22 +125,50 @@ class TensorBoardLogger(Callback):
     history row (tags :data:`TENSORBOARD_TAGS`; NaN left out) and the images ``images(state)``
     returns, ``{tag: tensor [C, H, W] in [0, 1]}`` (e.g. :func:`image_grids`; None: no images).
 
-    A fresh run (empty history) first removes the event files of a run it replaces; a resumed
-    one hides the events of epochs beyond its checkpoint (``SummaryWriter(purge_step=...)``).
+    Each event file it creates is listed in ``RUN_DIR/tensorboard/.pyrovae-events``. A fresh run
+    (empty history) first removes the files listed there (a run it replaces) and nothing else: a
+    folder that also holds event files pyrovae did not write is refused (InputError naming one),
+    never emptied. A resumed run hides the events of epochs beyond its checkpoint
+    (``SummaryWriter(purge_step=...)``).
     """
 
     package, extra = "tensorboard", "tensorboard"
+    #: the list of the event files pyrovae wrote in the folder
+    WRITTEN = ".pyrovae-events"
 
     def __init__(self, run_dir, images: Optional[Callable] = None):
         self.summary_writer = _import("tensorboard", "torch.utils.tensorboard").SummaryWriter
         self.log_dir, self.images, self.writer = Path(run_dir) / "tensorboard", images, None
 
+    def written(self) -> List[str]:
+        """The names of the event files pyrovae wrote in the folder (from its list)."""
+        try:
+            return (self.log_dir / self.WRITTEN).read_text(encoding="utf-8").split()
+        except FileNotFoundError:
+            return []
+
+    def _events(self) -> List[str]:
+        return sorted(p.name for p in self.log_dir.glob("events.out.tfevents.*"))
+
+    def remove_written(self) -> None:
+        """Remove the event files of the run being replaced; InputError if others remain."""
+        for name in self.written():
+            (self.log_dir / name).unlink(missing_ok=True)
+        foreign = self._events()
+        if foreign:
+            raise InputError(f"{self.log_dir} holds event files pyrovae did not write ({foreign[0]}"
+                             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}): move them elsewhere, "
+                             f"or train into another --out")
+        write_text(self.log_dir / self.WRITTEN, "")
+
     def on_train_start(self, state) -> None:
         if not state.history:
-            for old in self.log_dir.glob("events.out.tfevents.*"):
-                old.unlink()
+            self.remove_written()
+        before = set(self._events())
         self.writer = self.summary_writer(str(self.log_dir), purge_step=len(state.history) + 1 if state.history
                                           else None)
+        new = [name for name in self._events() if name not in before]
+        write_text(self.log_dir / self.WRITTEN, "".join(f"{name}\n" for name in self.written() + new))
 
     def on_epoch_end(self, state) -> None:
         row = state.history[-1]

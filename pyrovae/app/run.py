@@ -26,7 +26,7 @@ import torch
 
 from ..data import OPTION_DEFAULTS, is_image_dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, InputError
-from ..files import write_text
+from ..files import lock_folder, temporary_of, write_text
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
@@ -40,7 +40,7 @@ from . import logs
 
 #: metrics.csv's writer, now :func:`pyrovae.app.logs.write_metrics` (the ``csv`` logger), also here by its old name
 write_metrics = logs.write_metrics
-#: what a run writes: a directory holding the first two holds a run; --force removes them all
+#: what a run writes: a directory holding the first (a checkpoint) holds a run; --force removes them all
 RUN_FILES = ("checkpoint.pt", "config.toml", "metrics.csv", "summary.json", "evaluation.json", "compare.json",
              "compare.png", "curves.png", "reconstructions.png", "samples.png", "manifold.png", "latent.png",
              "interpolation.png")
@@ -172,18 +172,20 @@ def saved_config(run_dir, overrides=()) -> dict:
 
 
 def prepare_run_dir(out, *, resume: bool = False, force: bool = False) -> Path:
-    """Check that run dir ``out`` may be written, before any work starts; return it.
+    """Check that run dir ``out`` may be written, before any work starts, and hold it; return it.
 
-    Refused, with one line naming the path: ``out`` is a file; it holds a run and neither
-    ``resume`` nor ``force`` is given; ``resume`` without a checkpoint; a folder that cannot be
-    written (read-only, no space). ``force`` removes the old run's outputs (only the files a run
-    writes). Temporary files a killed run left behind are removed.
+    Refused, with one line naming the path: ``out`` is a file; it holds a run (a checkpoint: a
+    folder a failed start left with only ``config.toml`` holds none) and neither ``resume`` nor
+    ``force`` is given; ``resume`` without a checkpoint; a folder that cannot be written
+    (read-only, no space); a folder another pyrovae process holds (:func:`hold_run_dir`).
+    ``force`` removes the old run's outputs (only the files a run writes). Temporary files a
+    killed run left behind are removed (only pyrovae's own names, :func:`pyrovae.files.temporary_of`).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a run directory")
-    holds_run = any((out / name).exists() for name in RUN_FILES[:2])
-    if resume and not (out / "checkpoint.pt").exists():
+    holds_run = (out / "checkpoint.pt").exists()
+    if resume and not holds_run:
         raise InputError(f"--resume: {out} holds no checkpoint.pt to continue; train it anew with --force")
     if holds_run and not (resume or force):
         raise InputError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
@@ -194,12 +196,22 @@ def prepare_run_dir(out, *, resume: bool = False, force: bool = False) -> Path:
         os.unlink(probe)
     except OSError as e:
         raise InputError(f"cannot write to the run directory {out}: {e.strerror or e}") from None
-    for orphan in out.glob(".*.tmp"):
-        orphan.unlink()
+    hold_run_dir(out)
+    for orphan in out.iterdir():
+        if temporary_of(orphan.name, RUN_FILES + ("write-test",)):
+            orphan.unlink()
     if force and not resume:
         for name in reversed(RUN_FILES):  # the checkpoint last: a kill meanwhile leaves no orphan metrics
             (out / name).unlink(missing_ok=True)
     return out
+
+
+def hold_run_dir(out) -> None:
+    """Hold run dir ``out`` for this process (:func:`pyrovae.files.lock_folder`) until it ends or
+    :func:`pyrovae.files.unlock_folder`; InputError if another process holds it."""
+    if not lock_folder(out):
+        raise InputError(f"{out} is in use by another pyrovae process (training into it): wait for it to end, "
+                         f"or train into another --out")
 
 
 def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, write_config: bool = True) -> dict:

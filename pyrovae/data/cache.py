@@ -2,7 +2,7 @@
 
 Real data is read from the *data dir* (:func:`resolve_data_dir`: ``--data-dir``, else
 ``$PYROVAE_DATA_DIR``, else ``~/.cache/pyrovae``) and never written there; its files are
-extracted into :func:`cache_dir` by :func:`extract_raw`. ``PYROVAE_OFFLINE=1`` forbids any
+extracted into :func:`cache_dir` by :func:`extract_sources`. ``PYROVAE_OFFLINE=1`` forbids any
 download attempt.
 
 What is checked (every failure is a :class:`~pyrovae.errors.DataError` of one line naming the file
@@ -11,27 +11,33 @@ and what to do):
 * a compressed source: its md5 (torchvision's ``resources``), and that it gunzips to the end;
 * every extracted file, before it is renamed into the cache: an idx header of unsigned bytes and a
   size equal to ``4 + 4 * ndim + prod(dims)``, so a bad source never publishes a cache entry;
-* a cache entry, each time it is used: the same header and size check, and its *key*
-  (``<cache>/.sources/<entry>.json``: the source's absolute path, size and ``mtime_ns``) against
-  the source now in the data dir. An entry that fails either is rebuilt from the source, so a
-  changed or different source is read and checked again rather than served from an old cache.
+* a cache entry, each time it is used: the same header and size check, and its *key* (each
+  source's absolute path, size and ``mtime_ns``, in the entry's ``key.json``). Each set of
+  sources has an entry of its own, a folder ``<cache>/by-source/<hash of the key>``, built in a
+  staging folder and published whole by one rename; it is never changed afterwards, so processes
+  sharing one cache (other data dirs, changed sources) never read each other's files or half of one.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import struct
+import tempfile
+import time
 import zlib
 from pathlib import Path
 
 from ..errors import DataError, DataNotFoundError
 from ..files import atomic_write
 
-KEYS_FOLDER = ".sources"  # in the cache: the key of each entry, at the entry's relative path + ".json"
+ENTRIES_FOLDER = "by-source"  # in the cache: one folder per set of sources, named by the hash of their key
+ENTRY_KEY = "key.json"  # in an entry: the key it was built from
 _BLOCK = 1 << 20
 
 
@@ -157,7 +163,7 @@ def copy_verified(src: Path, dst: Path) -> None:
 
 
 def source_key(src: Path) -> dict:
-    """What a cache entry is keyed on: the source's absolute path, size and modification time (ns)."""
+    """What a cache entry is keyed on, per source: its absolute path, size and modification time (ns)."""
     st = src.stat()
     return {"source": str(src.absolute()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -169,35 +175,105 @@ def _read_key(key_file: Path) -> dict | None:
         return None
 
 
-def extract_raw(rel_gz: str, md5: str, data_dir: Path, cache: Path) -> bool:
-    """Make ``cache/<rel_gz without .gz>`` a checked copy of ``data_dir/rel_gz`` (or of the same
-    unzipped); False if the data dir holds neither.
+def find_sources(expected: list[tuple[str, str]], data_dir: Path) -> dict | None:
+    """``{rel: (source, md5)}`` for each ``(rel_gz, md5)`` of ``expected`` (``rel`` = ``rel_gz``
+    without ``.gz``; the source is ``data_dir/rel_gz`` or ``data_dir/rel``); None if one is missing."""
+    found = {}
+    for rel_gz, md5 in expected:
+        rel = rel_gz.removesuffix(".gz")
+        src = next((p for p in (data_dir / rel_gz, data_dir / rel) if p.is_file()), None)
+        if src is None:
+            return None
+        found[rel] = (src, md5)
+    return found
 
-    An entry is reused only while its key matches the source and it passes :func:`idx_problem`;
-    otherwise it is rebuilt (md5 of a ``.gz`` source, then :func:`copy_verified`) and its key is
-    written after it. With no source, only an unkeyed entry that passes the check (one that
-    torchvision downloaded) is used; any other entry is removed so a download may replace it.
-    """
-    rel = rel_gz.removesuffix(".gz")
-    dst, key_file = cache / rel, cache / KEYS_FOLDER / f"{rel}.json"
-    src = next((p for p in (data_dir / rel_gz, data_dir / rel) if p.is_file()), None)
-    if src is None:
-        downloaded = dst.is_file() and not key_file.exists() and not _file_problem(dst)
-        if not downloaded:
-            key_file.unlink(missing_ok=True)
-            dst.unlink(missing_ok=True)
-        return downloaded
-    key = source_key(src)
-    if dst.is_file() and _read_key(key_file) == key and not _file_problem(dst):
-        return True
-    key_file.unlink(missing_ok=True)
+
+def entry_path(key: dict, cache: Path) -> Path:
+    """The keyed folder of the entry built from the sources ``key`` describes: ``cache/by-source/<hash>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache / ENTRIES_FOLDER / digest
+
+
+def entry_ok(entry: Path, key: dict) -> bool:
+    """Whether ``entry`` is a published entry of ``key``: its ``key.json`` equals it and every file
+    passes :func:`idx_problem`."""
+    return _read_key(entry / ENTRY_KEY) == key and all(
+        (entry / rel).is_file() and not _file_problem(entry / rel) for rel in key)
+
+
+def publish(staging: Path, entry: Path) -> bool:
+    """Rename the complete folder ``staging`` to ``entry`` in one step (``os.rename``: readers see no
+    entry or a whole one); False, leaving ``staging`` in place, when ``entry`` already exists (another
+    process published the same sources first: its entry is used)."""
     try:
-        if src.suffix == ".gz":
-            _check_md5(src, md5)
-        copy_verified(src, dst)
-    except BaseException:
-        dst.unlink(missing_ok=True)  # an older entry, built from another source
-        raise
-    with atomic_write(key_file, "w") as f:
-        json.dump(key, f)
+        os.rename(staging, entry)
+    except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+            raise
+        return False
     return True
+
+
+def discard(entry: Path) -> None:
+    """Remove a damaged entry: renamed aside first (no reader finds half of it), then deleted."""
+    aside = entry.with_name(f".{entry.name}.{os.getpid()}.{time.monotonic_ns()}.discard")
+    try:
+        os.rename(entry, aside)
+    except FileNotFoundError:
+        return  # another process discarded it
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def build_entry(sources: dict, key: dict, cache: Path) -> Path:
+    """The entry of ``sources`` (:func:`find_sources`), built in a staging folder of the cache (md5
+    of each ``.gz`` source, then :func:`copy_verified`, then ``key.json``) and published by
+    :func:`publish`; nothing of it appears in the cache if a source is bad."""
+    entry = entry_path(key, cache)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".staging", dir=entry.parent))
+    try:
+        for rel, (src, md5) in sources.items():
+            if src.suffix == ".gz":
+                _check_md5(src, md5)
+            copy_verified(src, staging / rel)
+        with atomic_write(staging / ENTRY_KEY, "w") as f:
+            json.dump(key, f)
+        publish(staging, entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry
+
+
+def extract_sources(expected: list[tuple[str, str]], data_dir: Path, cache: Path) -> Path | None:
+    """The folder holding checked copies of the files ``expected`` (``(rel_gz, md5)`` pairs) of
+    ``data_dir``, each at ``<folder>/<rel_gz without .gz>``; None if the data dir lacks one.
+
+    The folder is the cache entry keyed on every source (:func:`source_key`, hashed into its
+    name by :func:`entry_path`): another data dir, or a changed source, has an entry of its own.
+    An entry is written once, in a staging folder, and published whole (:func:`publish`); it is
+    never changed afterwards, so a reader needs no lock. An entry that fails :func:`entry_ok`
+    (damaged on disk) is discarded and rebuilt.
+    """
+    sources = find_sources(expected, data_dir)
+    if sources is None:
+        return None
+    key = {rel: source_key(src) for rel, (src, _) in sources.items()}
+    entry = entry_path(key, cache)
+    if entry_ok(entry, key):
+        return entry
+    if entry.exists():
+        discard(entry)
+    return build_entry(sources, key, cache)
+
+
+def downloaded(expected: list[tuple[str, str]], cache: Path) -> bool:
+    """Whether ``cache`` itself holds every file ``expected`` as torchvision's download leaves it
+    (unkeyed, at ``cache/<rel>``), each passing :func:`idx_problem`; a file that fails is removed so
+    a download may replace it."""
+    ok = True
+    for rel_gz, _ in expected:
+        dst = cache / rel_gz.removesuffix(".gz")
+        if not (dst.is_file() and not _file_problem(dst)):
+            dst.unlink(missing_ok=True)
+            ok = False
+    return ok

@@ -55,7 +55,7 @@ from torch import Tensor
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 from .arrays import load_arrays
-from .cache import cache_dir, extract_raw, not_found, offline, require_data_dir, resolve_data_dir
+from .cache import cache_dir, downloaded, extract_sources, not_found, offline, require_data_dir, resolve_data_dir
 from .folder import load_folder
 from .sources import Source, TensorExamples, to_float
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
@@ -87,17 +87,20 @@ def _try_download(cls: type, root: Path) -> str:
     return ""
 
 
-def _prepare_mnist_files(cls: type, data_dir: Path, root: Path) -> None:
-    """Extract ``cls``'s raw files from ``data_dir`` into ``root`` (checked: see :mod:`.cache`), else
-    download them there."""
-    expected = [f"{cls.__name__}/raw/{f}" for f, _ in cls.resources]
-    require_data_dir(data_dir, expected)
-    extracted = [extract_raw(rel, md5, data_dir, root) for rel, (_, md5) in zip(expected, cls.resources)]
-    if all(extracted):
-        return
-    why = _try_download(cls, root)
+def _prepare_mnist_files(cls: type, data_dir: Path, cache: Path) -> Path:
+    """The root torchvision reads ``cls`` from: the cache entry of ``data_dir``'s raw files (checked:
+    see :mod:`.cache`), else the cache itself, holding a download of them."""
+    expected = [(f"{cls.__name__}/raw/{f}", md5) for f, md5 in cls.resources]
+    require_data_dir(data_dir, [rel for rel, _ in expected])
+    entry = extract_sources(expected, data_dir, cache)
+    if entry is not None:
+        return entry
+    if downloaded(expected, cache):
+        return cache
+    why = _try_download(cls, cache)
     if why:
-        raise not_found(data_dir, expected, why)
+        raise not_found(data_dir, [rel for rel, _ in expected], why)
+    return cache
 
 
 def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor, Tensor]:
@@ -106,8 +109,8 @@ def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor
     Raises DataNotFoundError when ``data_dir`` does not exist or lacks the files (and no download
     happened), DataError when a file is corrupt or truncated (see :mod:`pyrovae.data.cache`).
     """
-    cls, root = _torchvision_class(class_name), cache_dir()
-    _prepare_mnist_files(cls, data_dir, root)
+    cls = _torchvision_class(class_name)
+    root = _prepare_mnist_files(cls, data_dir, cache_dir())
     ds = cls(root=str(root), train=split == "train", download=False)
     if len(ds.data) != len(ds.targets):
         raise DataError(f"{class_name} {split} files in {data_dir} hold {len(ds.data)} images but "
