@@ -118,18 +118,19 @@ def test_data_dir_never_written(monkeypatch, tmp_path):
     assert torch.bincount(load_dataset("mnist", "test").labels).tolist() == MNIST_TEST_COUNTS
     assert load_dataset("frey", "test").x.shape == (200, 28, 20)
     assert snapshot(DATA_DIR) == before
-    extracted = sorted(p.name for p in (tmp_path / "cache" / "MNIST" / "raw").iterdir())
-    assert extracted == sorted(MNIST_FILES)  # no temp files left behind
+    (entry,) = (tmp_path / "cache" / "by-source").iterdir()  # one keyed entry, no staging folder left behind
+    assert sorted(p.name for p in (entry / "MNIST" / "raw").iterdir()) == sorted(MNIST_FILES)
 
 
 @needs_mnist
 def test_concurrent_extraction(monkeypatch, tmp_path):
-    """Two loaders extracting into one empty cache at once: temp file + os.replace keeps it whole."""
+    """Two loaders extracting into one empty cache at once: each builds a staging folder, one is published."""
     monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path))
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(lambda _: load_dataset("mnist", "test"), range(2))
     assert torch.equal(a.x, b.x) and torch.bincount(a.labels).tolist() == MNIST_TEST_COUNTS
-    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(MNIST_FILES)
+    (entry,) = (tmp_path / "by-source").iterdir()  # one published entry; the other's staging folder is gone
+    assert sorted(p.name for p in (entry / "MNIST" / "raw").iterdir()) == sorted(MNIST_FILES)
 
 
 @needs_mnist
@@ -142,7 +143,8 @@ def test_cache_is_reused(mnist_train, module_cache):
 @needs_mnist
 def test_unzipped_files_in_data_dir_are_accepted(monkeypatch, tmp_path, mnist_train, module_cache):
     monkeypatch.setenv("PYROVAE_CACHE_DIR", str(tmp_path))
-    train = load_dataset("mnist", "train", data_dir=module_cache)  # holds unzipped idx files
+    (entry,) = (module_cache / "by-source").iterdir()  # holds MNIST/raw/<unzipped idx files>
+    train = load_dataset("mnist", "train", data_dir=entry)
     assert torch.equal(train.x, mnist_train.x)
 
 
