@@ -121,6 +121,60 @@ def test_arrays_npy_floats_and_channels(tmp_path):
     assert flags.bits == 1 and set(flags.x.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_hidden_folders_at_any_depth_are_skipped(tmp_path):
+    """Copies in ``.ipynb_checkpoints/`` (flat folder) or ``cat/.cache/`` (class folder) are not data."""
+    flat = tmp_path / "flat"
+    write_pngs(flat, 10)
+    write_pngs(flat / ".ipynb_checkpoints", 4)
+    assert len(load_dataset("folder", "train", path=str(flat))) + len(load_dataset("folder", "test", path=str(flat))) == 10
+    nested = tmp_path / "nested"
+    write_pngs(nested / "cat", 3)
+    write_pngs(nested / "cat" / ".cache" / "deeper", 2)
+    write_pngs(nested / "dog", 3)
+    both = [load_dataset("folder", split, path=str(nested)) for split in ("train", "test")]
+    assert sum(len(s) for s in both) == 6 and sorted(torch.cat([s.labels for s in both]).tolist()) == [0] * 3 + [1] * 3
+
+
+def test_fingerprint_of_the_data_and_its_split(tmp_path):
+    """The same files give the same fingerprint; an added file, another split seed or other array
+    values change it (what a resume checks)."""
+    write_pngs(tmp_path / "pets", 10)
+    print_of = lambda **kw: load_dataset("folder", "train", path=str(tmp_path / "pets"), **kw).fingerprint  # noqa: E731
+    first = print_of()
+    assert len(first) == 24 and print_of() == first
+    assert print_of(split_seed=1) != first
+    write_pngs(tmp_path / "pets", 1, start=10)
+    assert print_of() != first
+    x = RNG.integers(0, 256, (20, 4), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", x)
+    a = load_dataset("arrays", "train", path=str(tmp_path / "a.npy")).fingerprint
+    x[0, 0] ^= 1
+    np.save(tmp_path / "a.npy", x)
+    assert load_dataset("arrays", "train", path=str(tmp_path / "a.npy")).fingerprint != a
+    streamed = load_dataset("arrays", "train", path=str(tmp_path / "a.npy"), in_memory=False, workers=0)
+    assert streamed.fingerprint == load_dataset("arrays", "train", path=str(tmp_path / "a.npy")).fingerprint
+
+
+@pytest.mark.slow
+def test_resume_on_changed_data_is_refused(tmp_path, capsys):
+    root, out = tmp_path / "pets", tmp_path / "run"
+    write_pngs(root, 20, size=(8, 8))
+    args = ["train", "--out", str(out), "--set", "data.dataset=folder", "--set", f"data.path={root}",
+            "--set", "data.binarize=none", "--set", "model.likelihood=continuous-bernoulli"] + TINY
+    assert main(args) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    write_pngs(root, 5, size=(8, 8), start=20)                          # the split is drawn anew over 25 files
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--resume: the train and test data differ from those" in err
+    assert "23 train / 2 test now" in err and "--force" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    for extra in root.glob("img02*.png"):
+        extra.unlink()
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=2"]) == 0   # the same data again
+
+
 # -- bad input: one line naming the path ------------------------------------------------------------
 def bad_folder(tmp_path, case):
     root = tmp_path / case

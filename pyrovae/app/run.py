@@ -232,6 +232,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
         write_text(out / "config.toml", cfgmod.dumps(cfg))
     device = resolve_device(t["device"])
     train_split, test_split = load_data(cfg, device)
+    if resume:
+        check_same_data(out / "checkpoint.pt", train_split, test_split)
     pyro.clear_param_store()
     pyro.set_rng_seed(t["seed"])
     classes = num_classes(cfg, train_split)
@@ -246,7 +248,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
                     test_data=test_data, device=str(device), extra=extra, gradient=t["gradient"],
                     **cfgmod.optimizer_options(t),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
-                    metadata={"input_shape": list(train_split.shape), "num_classes": classes},
+                    metadata={"input_shape": list(train_split.shape), "num_classes": classes,
+                              "data": data_fingerprints(train_split, test_split)},
                     callbacks=loggers, precision=t["precision"], fast_step=t["fast_step"],
                     traced_step=t["traced_step"])
     summary = {
@@ -266,6 +269,25 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
         logs.log_outputs(loggers, [out / name for name in RUN_FILES[1:] if (out / name).is_file()])
     distributed.barrier()
     return summary
+
+
+def data_fingerprints(train_split, test_split) -> dict:
+    """``{"train": ..., "test": ...}``: the splits' fingerprints (:func:`pyrovae.data.sources.fingerprint`),
+    which a checkpoint records so a resume can tell that the data changed."""
+    return {"train": train_split.fingerprint, "test": test_split.fingerprint}
+
+
+def check_same_data(checkpoint, train_split, test_split) -> None:
+    """InputError unless the splits are the data ``checkpoint`` was trained on (as its recorded
+    fingerprints say; a checkpoint without them is not checked): resuming on other data, or on
+    another train/test split of it, would mix two experiments in one run."""
+    recorded = (ckpt.load_training(checkpoint).get("metadata") or {}).get("data") or {}
+    now = data_fingerprints(train_split, test_split)
+    changed = [split for split in ("train", "test") if recorded.get(split) and recorded[split] != now[split]]
+    if changed:
+        raise InputError(f"--resume: the {' and '.join(changed)} data differ from those {checkpoint} was trained on "
+                         f"({len(train_split)} train / {len(test_split)} test now; files added, removed or changed, "
+                         f"or another split): restore the data, or train anew with --force")
 
 
 def epochs_done(run_dir) -> int:

@@ -31,8 +31,10 @@ GRAY_MODES = ("1", "L", "LA")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 
 
-def _visible(path: str) -> bool:
-    return not os.path.basename(path).startswith(".")
+def _visible(path: str, root: str | os.PathLike = "") -> bool:
+    """Whether no component of ``path`` below ``root`` (its basename, with no root) starts with ``.``."""
+    below = os.path.relpath(path, root) if root else os.path.basename(path)
+    return not any(part.startswith(".") for part in Path(below).parts)
 
 
 def _subfolders(directory) -> list[str]:
@@ -58,7 +60,7 @@ def _image_folder(root: Path, classes: list[str] | None = None):
     if loose and _subfolders(root):
         raise DataError(f"folder {root} holds both files ({loose[0]}, ...) and sub-folders "
                         f"({_subfolders(root)[0]}, ...): put every image in a class sub-folder, or none")
-    folder = Folder(str(root), is_valid_file=_visible, allow_empty=True)
+    folder = Folder(str(root), is_valid_file=lambda path: _visible(path, root), allow_empty=True)
     if not folder.samples:
         raise DataError(f"folder {root} holds no image files: expected images (.png, .jpg, ...) in it or in "
                         f"class sub-folders of it")
@@ -94,6 +96,12 @@ class ImageFiles(Examples):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def identity(self, digest) -> None:
+        """Each file's path relative to the folder and its size, and the size and mode read."""
+        digest.update(repr((self.shape, self.mode, self.image_size)).encode())
+        for f in self.files:
+            digest.update(f"{os.path.relpath(f, self.where)}\0{os.path.getsize(f)}\n".encode())
 
     def read(self, i: int) -> Tensor | str:
         from PIL import Image

@@ -57,7 +57,7 @@ from ..registry import Registry
 from .arrays import load_arrays
 from .cache import cache_dir, downloaded, extract_sources, not_found, offline, require_data_dir, resolve_data_dir
 from .folder import load_folder
-from .sources import Source, TensorExamples, to_float
+from .sources import Source, TensorExamples, fingerprint, to_float
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
 from .streaming import StreamingSplit, check_workers, keep_in_memory, materialize
 from .vision import load_cifar10, load_svhn
@@ -324,17 +324,19 @@ def load_dataset(
     _check_binarizable(name, source, binarize)
     mode = stored_mode(binarize, split)
     bits = 1 if binarize != "none" else bits
-    if not keep_in_memory(in_memory, source.prefix(subset or len(source)).nbytes, device):
-        source = source.prefix(subset or len(source))
+    kept = source.prefix(subset or len(source))
+    identity = fingerprint(kept)
+    if not keep_in_memory(in_memory, kept.nbytes, device):
+        source = kept
         return StreamingSplit(source.examples, source.index, source.labels, name, split, mode, seed, params, bits,
-                              source.note, workers).to(device)
+                              source.note, workers, fingerprint=identity).to(device)
     x = to_float(materialize(source, workers), source.examples.bits)
     labels = source.labels
     if mode == "static":
         x = binarize_once(x, split)
     if subset:
         x, labels = x[:subset].clone(), None if labels is None else labels[:subset].clone()
-    data = DataSplit(x, labels, name, split, mode, seed, params, bits, source.note)
+    data = DataSplit(x, labels, name, split, mode, seed, params, bits, source.note, identity)
     return data.to(device)
 
 

@@ -13,6 +13,7 @@ sets whose files have none.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError, DataNotFoundError
 from .splits import SPLITS
+
+_ROWS = 4096  # rows per block when hashing examples
 
 
 class Examples(torch.utils.data.Dataset):
@@ -47,6 +50,11 @@ class Examples(torch.utils.data.Dataset):
     def read_many(self, index: Tensor) -> Tensor | None:
         """Examples ``index`` stacked ``[len(index), *shape]`` in one call, or None (read one by one)."""
         return None
+
+    def identity(self, digest) -> None:
+        """Feed what identifies these examples (their contents, or their files' names and sizes) to
+        ``digest`` (a :mod:`hashlib` object): see :func:`fingerprint`."""
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> Tensor | str:
         return self.read(i)
@@ -73,6 +81,14 @@ class TensorExamples(Examples):
 
     def read(self, i: int) -> Tensor:
         return self._tensor(self.data[i])
+
+    def identity(self, digest) -> None:
+        """The data's bytes, a block of rows at a time (a memory-mapped array is read once)."""
+        digest.update(repr((tuple(self.data.shape), str(self.data.dtype))).encode())
+        for start in range(0, self.data.shape[0], _ROWS):
+            block = self.data[start:start + _ROWS]
+            block = block.cpu().contiguous().numpy() if isinstance(block, Tensor) else np.ascontiguousarray(block)
+            digest.update(memoryview(block).cast("B"))
 
     def read_many(self, index: Tensor) -> Tensor:
         if len(index) == len(self) and torch.equal(index, torch.arange(len(self))):
@@ -118,6 +134,19 @@ class Source:
         """The first ``n`` datapoints (``subset``)."""
         labels = None if self.labels is None else self.labels[:n]
         return replace(self, index=self.index[:n], labels=labels)
+
+
+def fingerprint(source: Source) -> str:
+    """What a checkpoint records of the data it was trained on: the sha256 (24 hex digits) of the
+    examples' identity (:meth:`Examples.identity`: the contents of arrays, the names and sizes of
+    image files), the positions that make the split (so another split seed or test fraction,
+    or files added to a folder, change it) and the labels."""
+    digest = hashlib.sha256()
+    source.examples.identity(digest)
+    digest.update(source.index.numpy().tobytes())
+    if source.labels is not None:
+        digest.update(source.labels.numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def seeded_split(n: int, split: str, test_fraction: float, split_seed: int, where: str) -> tuple[Tensor, str]:

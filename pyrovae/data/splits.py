@@ -73,7 +73,8 @@ class DataSplit:
     ``params``: the generating parameters of a synthetic set, else None.  ``bits``: what the
     model sees is ``k / (2**bits - 1)`` (8: 8-bit grey levels, 1: binarized; None: real values;
     see the module doc).  ``note``: how the split was made where that is not the set's own
-    (e.g. a seeded train/test split of a folder), else ''.
+    (e.g. a seeded train/test split of a folder), else ''.  ``fingerprint``: of the data and
+    the split (:func:`pyrovae.data.sources.fingerprint`), '' when not computed.
     """
 
     x: Tensor
@@ -85,6 +86,7 @@ class DataSplit:
     params: dict | None = None
     bits: int | None = None
     note: str = ""
+    fingerprint: str = ""
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -131,7 +131,8 @@ class StreamingSplit:
     ``examples`` and ``index`` (int64 ``[N]`` on the CPU): the split is ``examples[index[k]]`` for
     k < N.  ``labels``: int64 ``[N]`` on ``device``, or None.  ``binarize``, ``seed``, ``params``,
     ``bits``, ``note``: as in :class:`~pyrovae.data.splits.DataSplit`.  ``dtype``: of the batches.
-    ``workers``: DataLoader worker processes (0 reads in the main process).
+    ``workers``: DataLoader worker processes (0 reads in the main process).  ``fingerprint``: as in
+    :class:`~pyrovae.data.splits.DataSplit`.
     """
 
     examples: Examples
@@ -147,6 +148,7 @@ class StreamingSplit:
     workers: int = 2
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    fingerprint: str = ""
 
     def __len__(self) -> int:
         return len(self.index)
