@@ -246,6 +246,19 @@ def test_data_of_another_dtype_is_converted_or_refused_by_name():
         pyrovae.mc_elbo(vae.model, vae.guide, x.double())
 
 
+@pytest.mark.slow
+def test_evaluate_compile_without_a_cxx_compiler_records_that_it_ran_eagerly(run_copy, tmp_path):
+    """`--compile` where Inductor finds no C++ compiler: the networks run eagerly (a warning), and
+    evaluation.json says so ("compiled": false), not what was asked."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-m", "pyrovae", "evaluate", str(run_copy), "--compile", "--iw-samples", "2",
+                           "--test-size", "20", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "it runs without compiling" in done.stderr
+    assert json.loads(done.stdout)["compiled"] is False
+    assert json.loads((run_copy / "evaluation.json").read_text())["compiled"] is False
+
+
 def test_evaluate_with_a_seed_is_reproducible(run_copy, capsys):
     results = []
     for seed in (3, 3, 4):

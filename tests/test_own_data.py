@@ -222,6 +222,9 @@ def test_bad_folders(tmp_path, case):
     ({"x": np.zeros((10, 4), np.complex64)}, {}, r"has dtype complex64: expected uint8"),
     ({"x": np.full((10, 4), 300)}, {}, r"holds integers in 300..300: expected 8-bit levels"),
     ({"x": np.full((10, 4), np.nan)}, {}, r"NaN or infinite"),
+    ({"x": np.eye(10, 4, dtype=np.uint8)}, {}, r"holds integers in 0..1: as 8-bit levels the model would see k/255 "
+                                                r".*store bools \(x.astype\(bool\)\)"),
+    ({"x": np.eye(10, 4, dtype=np.int64)}, {}, r"holds integers in 0..1: .*store floats in \[0, 1\]"),
     ({"x": np.zeros((10, 4), np.uint8), "y": np.zeros(9, int)}, {"label_key": "y"},
      r"key 'y': expected 10 integer labels .* got int64 of shape \[9\]"),
     ({"x": np.zeros((10, 4), np.uint8), "y": np.zeros(10)}, {"label_key": "y"}, r"integer labels.*got float64"),

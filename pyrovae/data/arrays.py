@@ -13,7 +13,8 @@ Accepted arrays (anything else is a DataError naming the file and key):
 shape                    ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]`` with C = 1 or 3
                          (``[N, 1, H, W]`` becomes ``[N, H, W]``, as grayscale images are)
 dtype                    uint8, or integers in 0..255: 8-bit levels, the model sees ``x / 255``
-                         (``bits = 8``); bool: 0/1 (``bits = 1``); floats: real values as they
+                         (``bits = 8``; integers whose maximum is 1 are refused: 0/1 data are
+                         stored as bool); bool: 0/1 (``bits = 1``); floats: real values as they
                          are (finite; ``bits = None``; binarization needs them in [0, 1])
 labels                   integers >= 0, shape ``[N]`` (or ``[N, 1]``)
 =======================  ========================================================================
@@ -58,12 +59,13 @@ def array_examples(x: np.ndarray, where: str) -> TensorExamples:
     if kind not in "uif":
         raise DataError(f"{where} has dtype {x.dtype}: expected uint8 (8-bit levels), integers in 0..255, bool "
                         f"or floats")
-    if x.dtype == np.uint8:
-        return TensorExamples(x, 8, where)
     lo, hi, finite = _scan(x)
     if kind in "ui":
         if lo < 0 or hi > 255:
             raise DataError(f"{where} holds integers in {lo}..{hi}: expected 8-bit levels 0..255 (or store floats)")
+        if hi == 1:
+            raise DataError(f"{where} holds integers in {lo}..1: as 8-bit levels the model would see k/255 (at most "
+                            f"0.004); for 0/1 data store bools (x.astype(bool)), for intensities store floats in [0, 1]")
         return TensorExamples(x, 8, where)
     if not finite:
         raise DataError(f"{where} holds NaN or infinite values: expected finite floats")

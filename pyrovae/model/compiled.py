@@ -59,10 +59,17 @@ def decoders(vae: nn.Module):
     return [m for name, m in vae.named_children() if name.startswith("decoder")]
 
 
+def ran_compiled(parts) -> bool:
+    """Whether the functions a :func:`compiled` block installed (what it yields) all ran compiled:
+    False if there were none or one fell back to eager (no C++ compiler, a failed compile)."""
+    return bool(parts) and not any(part.failed for part in parts)
+
+
 @contextmanager
 def compiled(vae: nn.Module):
     """Within the block, ``vae``'s decoders, the Bernoulli density and the Gaussian mixture
-    density (a VampPrior's, a GMM prior's) run compiled (module doc)."""
+    density (a VampPrior's, a GMM prior's) run compiled (module doc). Yields the list of the
+    :class:`CompiledOrEager` functions installed (:func:`ran_compiled` says how they ran)."""
     nets = decoders(vae)
     mixture = DiagonalNormalMixture.__dict__["_grouped"]
     # torch's C++ builder logs "No CUDA runtime is found, using CUDA_HOME=…" on every CPU-only machine
@@ -71,12 +78,15 @@ def compiled(vae: nn.Module):
     level = builder.level
     try:
         builder.setLevel(logging.ERROR)
+        parts = []
         for net in nets:
             net.forward = CompiledOrEager(net.forward, f"{type(net).__name__}.forward")
+            parts.append(net.forward)
         grouped = CompiledOrEager(mixture, "the mixture density")
-        IndependentBernoulli.binary_density = staticmethod(CompiledOrEager(binary_log_density, "the Bernoulli density"))
+        density = CompiledOrEager(binary_log_density, "the Bernoulli density")
+        IndependentBernoulli.binary_density = staticmethod(density)
         DiagonalNormalMixture._grouped = lambda self, *args: grouped(self, *args)
-        yield vae
+        yield parts + [grouped, density]
     finally:  # everything as it was, also after a setup that failed halfway
         for net in nets:
             net.__dict__.pop("forward", None)  # the class's forward again
