@@ -6,8 +6,21 @@ Each subclass also derives from the built-in exception a caller would expect (``
 from __future__ import annotations
 
 
+#: what Pyro's trace messenger appends to an error raised inside a model or guide (the sites' shapes)
+TRACE_SHAPES = "\nTrace Shapes:"
+
+
 class PyrovaeError(Exception):
-    """Base class of every error pyrovae raises for bad input or a failed run."""
+    """Base class of every error pyrovae raises for bad input or a failed run.
+
+    Its message stays one line: the table of site shapes that Pyro appends to an error raised
+    inside a model or guide (a message followed by :data:`TRACE_SHAPES`) is cut off.
+    """
+
+    def __init__(self, *args):
+        if args and isinstance(args[0], str) and TRACE_SHAPES in args[0]:
+            args = (args[0].split(TRACE_SHAPES, 1)[0], *args[1:])
+        super().__init__(*args)
 
 
 class InputError(PyrovaeError, ValueError):

@@ -37,17 +37,31 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w") -> Iterator[IO]
             yield f
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would otherwise stay with the renamed file
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _naming(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of the block (about the temporary file) raised again naming ``path``, the file
+    the user asked for (a read-only folder, a folder where the file should be)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None
 
 
 def write_text(path: Union[str, os.PathLike], text: str) -> Path:

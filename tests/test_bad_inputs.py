@@ -18,6 +18,7 @@ import torch
 import pyrovae
 from pyrovae.app.cli import main
 from pyrovae.errors import CheckpointError, DataError, InputError, PyrovaeError, TrainingError
+from pyrovae.files import write_text
 from pyrovae.inference import checkpoint as ckpt
 from pyrovae.inference.train import DivergenceMonitor
 
@@ -161,6 +162,34 @@ def test_evaluate_prints_its_results_before_a_failed_write(run_copy, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["estimators"]["iwae_bound(k=5)"]["mean"] < 0
     assert err.startswith("pyrovae: error: ") and "evaluation.json" in err and err.count("\n") == 1, err
+
+
+def test_plot_a_run_that_kept_no_metrics_csv(run_copy, capsys):
+    """train.log = [] writes no metrics.csv: `plot` draws the curves from the checkpoint's history."""
+    (run_copy / "metrics.csv").unlink()
+    (run_copy / "curves.png").unlink()
+    assert main(["plot", str(run_copy)]) == 0
+    assert str(run_copy / "curves.png") in capsys.readouterr().out and (run_copy / "curves.png").stat().st_size > 0
+
+
+def test_a_write_refused_names_the_target_not_the_temporary_file(tmp_path, immutable, run_copy, capsys):
+    (tmp_path / "locked").mkdir()
+    locked = immutable(tmp_path / "locked")
+    with pytest.raises(OSError) as err:
+        write_text(locked / "summary.json", "{}")
+    assert err.value.filename == str(locked / "summary.json")
+    (run_copy / "evaluation.json").mkdir()  # a folder where the file should be: os.replace fails
+    err = one_line_error(["evaluate", str(run_copy), "--iw-samples", "2", "--test-size", "5", "--json"], capsys)
+    assert f"{run_copy / 'evaluation.json'}: " in err and ".tmp" not in err
+
+
+def test_a_shape_error_raised_inside_a_model_stays_one_line():
+    """Pyro appends the trace's site shapes to an error raised inside a model; ours stays one line."""
+    vae = pyrovae.VAE((5,), 2, hidden=(4,))
+    for estimate in (pyrovae.mc_elbo, pyrovae.iwae_bound):
+        with pytest.raises(DataError) as err:
+            estimate(vae.model, vae.guide, torch.rand(3, 6))
+        assert str(err.value) == "x must have shape [batch, 5], got [3, 6]"
 
 
 # -- no wrong number with exit status 0 ----------------------------------------------------------

@@ -6,7 +6,9 @@ written (8-bit levels / 255), and a streamed split against the in-memory one (sa
 same ELBOs to float precision).
 """
 import json
+import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -340,6 +342,21 @@ def _history(split, test):
     vae = pyrovae.VAE((28, 28), 4, hidden=(16,), likelihood="continuous-bernoulli")
     return pyrovae.train(vae.model, vae.guide, split, test_data=test, epochs=2, batch_size=5, seed=0,
                          progress=False, device="cpu")
+
+
+def test_more_workers_than_cpus_is_said_once_not_every_epoch(tmp_path):
+    """data.workers above the CPUs this process may use: one warning of ours at load, and the
+    loaders use that many CPUs (torch's own warning, at every DataLoader, i.e. every epoch, never comes)."""
+    np.save(tmp_path / "x.npy", RNG.integers(0, 256, (40, 4), dtype=np.uint8))
+    cpus = len(os.sched_getaffinity(0))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        split = load_dataset("arrays", "train", path=str(tmp_path / "x.npy"), in_memory=False, workers=cpus + 7)
+        for epoch in range(3):
+            assert sum(len(b) for b in split.batches(12, epoch=epoch)) == len(split)
+    about_workers = [str(w.message) for w in said if "worker" in str(w.message)]
+    assert about_workers == [f"data.workers = {cpus + 7} is more than the {cpus} CPU(s) this process may use: "
+                             f"{cpus} worker process(es) read the data"]
 
 
 @pytest.mark.slow

@@ -209,7 +209,7 @@ def cmd_plot(args):
 
     _, vae, test = run.load_run(args.run_dir)
     labels = None if test.labels is None else test.labels[:2000]
-    for path in plots.plot_all(vae, args.run_dir, test.x[:2000], labels, run.read_metrics(args.run_dir / "metrics.csv")):
+    for path in plots.plot_all(vae, args.run_dir, test.x[:2000], labels, run.run_history(args.run_dir)):
         print(path)
 
 

@@ -162,6 +162,13 @@ def read_metrics(path: Path):
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def run_history(run_dir) -> list:
+    """The run's history, a row per epoch: metrics.csv where the run wrote one (``train.log``
+    lists ``csv``), else the checkpoint's."""
+    path = Path(run_dir) / "metrics.csv"
+    return read_metrics(path) if path.is_file() else ckpt.load_training(Path(run_dir) / "checkpoint.pt")["history"]
+
+
 def saved_config(run_dir, overrides=()) -> dict:
     """The config a run dir's checkpoint was trained with; only ``train.epochs`` may be overridden."""
     others = [o for o in overrides if cfgmod.parse_override(o)[:2] != ("train", "epochs")]

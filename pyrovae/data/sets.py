@@ -316,7 +316,7 @@ def load_dataset(
     DataError when a file is corrupt or truncated or holds the wrong kind of data.
     """
     _check_args(name, split, binarize, subset)
-    check_workers(workers)
+    workers = check_workers(workers)
     loader = DATASETS.get(name)
     loaded = loader(split, resolve_data_dir(data_dir), seed, **_options_for(name, loader, options))
     source, bits, params = _as_source(name, loaded)

@@ -22,6 +22,7 @@ float32 size is at most :data:`MEMORY_FRACTION` of the memory free on the device
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
@@ -64,11 +65,31 @@ def keep_in_memory(in_memory, nbytes: int, device) -> bool:
     return in_memory
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; torch's DataLoader counts the same)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+#: the worker counts already said to exceed the CPUs (said once per process)
+_CAPPED: set = set()
+
+
 def check_workers(workers) -> int:
+    """``workers`` as the DataLoaders will use it: at most :func:`usable_cpus` (more only slow a
+    loader down; torch would warn about it at every loader it builds, i.e. every epoch), said
+    once per process by a warning."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"workers must be an integer >= 0 (0: read in the main process; data.workers in a "
                           f"config), got {workers!r}")
-    return workers
+    cpus = usable_cpus()
+    if workers > cpus and workers not in _CAPPED:
+        _CAPPED.add(workers)
+        warnings.warn(f"data.workers = {workers} is more than the {cpus} CPU(s) this process may use: {cpus} "
+                      f"worker process(es) read the data", stacklevel=2)
+    return min(workers, cpus)
 
 
 class _EpochView(torch.utils.data.Dataset):
@@ -104,9 +125,10 @@ def _loader(view: _EpochView, chunks: list, workers: int, pin: bool) -> Iterator
     """Batches of ``view`` at the positions of each chunk, read by ``workers`` processes."""
     if not chunks:
         return
+    workers = min(workers, usable_cpus(), len(chunks)) if len(chunks) > 1 else 0
     # its own generator: a DataLoader draws its workers' base seed from it, which would otherwise
     # advance the global torch RNG (and change the run's draws) whenever a streamed split is read
-    loader = torch.utils.data.DataLoader(view, batch_sampler=chunks, num_workers=min(workers, len(chunks)) if len(chunks) > 1 else 0,
+    loader = torch.utils.data.DataLoader(view, batch_sampler=chunks, num_workers=workers,
                                          collate_fn=_stack, pin_memory=pin, generator=torch.Generator())
     for batch in loader:
         if isinstance(batch, str):
