@@ -369,3 +369,20 @@ def test_subset_must_be_an_integer(subset):
     with pytest.raises(ConfigError) as err:
         load_dataset("ppca", subset=subset)
     assert_one_line(err, "subset must be an integer", repr(subset))
+
+
+# ----------------------------------------------------------------------------- files changed while read
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_npy_cut_while_streaming_names_the_file(tmp_path, workers):
+    """A memory-mapped .npy truncated after loading: reading its lost pages would be a bus error
+    (no message at all, or a worker's "out of shared memory"); instead one line naming the file."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (3000, 64), dtype=np.uint8))
+    split = load_dataset("arrays", "train", path=str(path), in_memory=False, workers=workers)
+    assert sum(len(b) for b in split.batches(500, epoch=0)) == len(split)
+    truncate(path, 4096)
+    with pytest.raises(DataError) as err:
+        sum(len(b) for b in split.batches(500, epoch=1))
+    assert_one_line(err, f"array file {path} was cut while being read (4096 bytes, its array needs", "restore it")

@@ -296,6 +296,31 @@ def test_cifar10_batches_are_never_unpickled_as_objects(tmp_path):
     assert not target.exists()
 
 
+class HugeArray:
+    """Pickles as an array that declares 10^9 CIFAR rows (3 TB), built by ``how`` (only allowed globals)."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def __reduce__(self):
+        shape = (10**9, 3072)
+        if self.how == "reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0, np.uint8))[0], (np.ndarray, shape, b"B")
+        return np.ndarray, (shape, "u1")
+
+
+@pytest.mark.parametrize("how", ["reconstruct", "ndarray"])
+def test_cifar10_batch_declaring_a_huge_array_is_refused_before_allocating(tmp_path, how):
+    write_cifar(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": HugeArray(how), b"labels": []}, f, protocol=2)
+    with pytest.raises(DataError, match=r"test_batch is not a CIFAR-10 python batch \(UnpicklingError: it declares "
+                                        r"an array of shape \[1000000000, 3072\] \(3072000000000 bytes\), more than "
+                                        r"the file's \d+ bytes\)") as err:
+        load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_svhn_from_its_mat_files_and_missing_files(tmp_path):
     from scipy.io import savemat
 

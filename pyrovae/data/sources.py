@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -79,8 +80,23 @@ class TensorExamples(Examples):
         t = rows if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows))
         return t.to(_example_dtype(self.bits))
 
-    def read(self, i: int) -> Tensor:
-        return self._tensor(self.data[i])
+    def shrunk(self) -> str:
+        """'' unless the data are a memory-mapped file now shorter than the array it holds (cut while
+        being read: reading the lost pages would kill the process with a bus error); then the problem."""
+        if not isinstance(self.data, np.memmap) or self.data.filename is None:
+            return ""
+        needed = self.data.offset + self.data.nbytes
+        try:
+            size = os.stat(self.data.filename).st_size
+        except OSError as err:
+            return f"array file {self.data.filename} cannot be read any more ({err.strerror}): restore it"
+        if size >= needed:
+            return ""
+        return (f"array file {self.data.filename} was cut while being read ({size} bytes, its array needs {needed}): "
+                f"restore it")
+
+    def read(self, i: int) -> Tensor | str:
+        return self.shrunk() or self._tensor(self.data[i])
 
     def identity(self, digest) -> None:
         """The data's bytes, a block of rows at a time (a memory-mapped array is read once)."""
@@ -91,6 +107,9 @@ class TensorExamples(Examples):
             digest.update(memoryview(block).cast("B"))
 
     def read_many(self, index: Tensor) -> Tensor:
+        problem = self.shrunk()
+        if problem:
+            raise DataError(problem)
         if len(index) == len(self) and torch.equal(index, torch.arange(len(self))):
             rows = self.data  # all of it, in order: no copy
             return self._tensor(rows) if isinstance(rows, Tensor) else self._tensor(np.asarray(rows))

@@ -21,6 +21,8 @@ not torchvision's md5s, so a smaller file of the same format (a test's) reads to
 from __future__ import annotations
 
 import codecs
+import math
+import os
 import pickle
 from pathlib import Path
 
@@ -51,14 +53,51 @@ SAFE_GLOBALS = {
 }
 
 
+def _nbytes(shape, dtype) -> int | None:
+    """The bytes an array of ``shape`` and ``dtype`` takes (None if they are not a shape and a dtype)."""
+    try:
+        dims = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+            return None
+        return math.prod(int(d) for d in dims) * np.dtype(dtype).itemsize
+    except (TypeError, ValueError):
+        return None
+
+
 class ArrayUnpickler(pickle.Unpickler):
-    """An unpickler of builtin containers, numbers, strings and numpy arrays only."""
+    """An unpickler of builtin containers, numbers, strings and numpy arrays only, and of no
+    array larger than ``limit`` bytes (the file's size: a pickled array holds its bytes, so a
+    larger one is a file declaring a shape it cannot fill, refused before anything is allocated)."""
+
+    def __init__(self, file, *, limit: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.limit = limit
+
+    def _check(self, shape, dtype) -> None:
+        nbytes = _nbytes(shape, dtype)
+        if nbytes is not None and nbytes > self.limit:
+            raise pickle.UnpicklingError(f"it declares an array of shape {np.atleast_1d(shape).tolist()} ({nbytes} "
+                                         f"bytes), more than the file's {self.limit} bytes")
 
     def find_class(self, module: str, name: str):
         try:
-            return SAFE_GLOBALS[(module, name)]
+            found = SAFE_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a numpy array part") from None
+        if found is _reconstruct:
+            def reconstruct(subtype, shape, dtype):
+                self._check(shape, dtype)
+                return _reconstruct(subtype, shape, dtype)
+            return reconstruct
+        if found is np.ndarray:
+            unpickler = self
+
+            class Bounded(np.ndarray):  # as a subtype: arrays built by _reconstruct; called: checked first
+                def __new__(cls, shape, dtype=float, *args, **kwargs):
+                    unpickler._check(shape, dtype)
+                    return np.ndarray.__new__(np.ndarray, shape, dtype, *args, **kwargs)
+            return Bounded
+        return found
 
 
 def _files(names: list[str], folder: str, data_dir: Path, why: str) -> list[Path]:
@@ -81,8 +120,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(x uint8 ``[n, 3, 32, 32]``, labels ``[n]``) of one CIFAR-10 python batch, unpickled safely."""
     try:
         with open(path, "rb") as f:
-            batch = ArrayUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+            batch = ArrayUnpickler(f, limit=os.fstat(f.fileno()).st_size, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as err:
         raise DataError(f"data file {path} is not a CIFAR-10 python batch ({type(err).__name__}: {err}): replace it "
                         f"with an intact copy") from None
     if not isinstance(batch, dict):
@@ -92,7 +131,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != size:
         raise DataError(f"data file {path}: expected data uint8 [n, {size}], got "
                         f"{getattr(data, 'dtype', type(data).__name__)} {list(getattr(data, 'shape', []))}")
-    return data.reshape(-1, *IMAGE_SHAPE), np.asarray(labels)
+    return np.asarray(data).reshape(-1, *IMAGE_SHAPE), np.asarray(labels)
 
 
 def _checked(x: np.ndarray, labels: np.ndarray, where: str, name: str, split: str) -> Source:
