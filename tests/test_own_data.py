@@ -407,6 +407,22 @@ TINY = ["--set", "train.epochs=1", "--set", "model.hidden=[32]", "--set", "model
         "--set", "train.batch_size=10"]
 
 
+@pytest.mark.parametrize("labels, shown", [
+    (np.arange(20) % 10 * 1000, "(0, 1000, 2000, 3000, ...) are 10 distinct values up to 9000, which would make "
+                                "9001 classes: map them to 0..9 first"),
+    (np.full(20, 10**9), "(1000000000) are 1 distinct values up to 1000000000"),
+])
+def test_conditional_vae_on_labels_that_are_not_classes(tmp_path, capsys, labels, shown):
+    np.savez(tmp_path / "d.npz", x=RNG.integers(0, 256, (20, 4, 4), dtype=np.uint8), y=labels)
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "data.dataset=arrays", "--set",
+                 f"data.path={tmp_path / 'd.npz'}", "--set", "data.label_key=y", "--set", "model.family=cvae"]
+                + TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "a model with labels needs the classes 0..K-1; the labels " + shown in err
+    assert "numpy.unique(y, return_inverse=True)[1]" in err
+
+
 @pytest.mark.slow
 def test_cli_trains_on_a_folder_of_pngs(classes, tmp_path):
     root, _ = classes

@@ -25,6 +25,7 @@ import pyro
 import torch
 
 from ..data import OPTION_DEFAULTS, is_image_dataset, load_dataset
+from ..data.sources import class_count
 from ..errors import CheckpointError, ConfigError, InputError
 from ..files import lock_folder, temporary_of, write_text
 from ..inference import checkpoint as ckpt
@@ -115,7 +116,7 @@ def num_classes(cfg: dict, split) -> Optional[int]:
     if split.labels is None:
         raise ConfigError(f"model.family = {cfg['model']['family']!r} needs labels, and data set "
                           f"{cfg['data']['dataset']!r} has none")
-    return int(split.labels.max()) + 1
+    return class_count(split.labels, f"the labels of data set {cfg['data']['dataset']!r}")
 
 
 def labeled_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

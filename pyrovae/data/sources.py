@@ -199,6 +199,24 @@ def check_labels(labels, n: int, where: str) -> Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+#: the most classes a model with labels is built for from the data's labels (K = max label + 1)
+MAX_CLASSES = 10_000
+
+
+def class_count(labels: Tensor, where: str) -> int:
+    """K for labels that are the classes 0..K−1 (K = max + 1): DataError when K is above
+    :data:`MAX_CLASSES` or fewer than half of 0..K−1 occur (labels such as 0, 1000, ..., 9000
+    that would build a 9001-class model), with the fix (map them to 0..K−1)."""
+    present = torch.unique(labels)
+    k = int(present.max()) + 1 if len(present) else 0
+    if k > MAX_CLASSES or 2 * len(present) < k:
+        shown = ", ".join(str(int(v)) for v in present[:4]) + (", ..." if len(present) > 4 else "")
+        raise DataError(f"{where}: a model with labels needs the classes 0..K-1; the labels ({shown}) are "
+                        f"{len(present)} distinct values up to {k - 1}, which would make {k} classes: map them to "
+                        f"0..{len(present) - 1} first (numpy.unique(y, return_inverse=True)[1])")
+    return k
+
+
 def require_path(path, what: str, folder: bool) -> Path:
     """``path`` (``~`` expanded) as an existing folder or file: ConfigError when unset, DataNotFoundError when absent."""
     kind = "folder" if folder else "file"
