@@ -98,7 +98,7 @@ def test_cvae_config_trains_and_evaluates(cvae_run, capsys):
     result = evaluate(cvae_run, capsys)
     check_bounds(result)
     assert "accuracy" not in result
-    assert "not the 'cvae' family" in result["closed_form_elbo"]   # the notes' closed form is the plain VAE's
+    assert "not the ConditionalVAE" in result["closed_form_elbo"]   # the notes' closed form is the plain VAE's
 
 
 @needs_mnist

@@ -184,9 +184,7 @@ def cmd_sample(args):
     torch.manual_seed(args.seed)
     out = args.out or args.run_dir / "samples.png"
     if args.label is not None:
-        from ..model import ConditionalVAE
-
-        if not isinstance(vae, ConditionalVAE):
+        if not vae.labelled:
             raise ConfigError(f"--label draws one class of a model with labels (model.family 'cvae' or 'm2'); "
                               f"{args.run_dir} holds a {type(vae).__name__}")
         if args.label >= vae.num_classes:
@@ -232,7 +230,7 @@ def cmd_compare(args):
 
     cfg, vae, test = run.load_run(args.run_dir)
     x = test.x[: args.test_size or None]
-    labels = test.labels[: args.test_size or None] if vae.takes_labels else None
+    labels = None if test.labels is None else test.labels[: args.test_size or None]
     result = compare.compare_estimators(vae, x, labels=labels, max_k=args.max_k, seed=args.seed,
                                         gradient_draws=args.gradient_draws,
                                         progress=not args.json)

@@ -38,7 +38,6 @@ import torch
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, write_text
 from ..inference.callbacks import Callback
-from ..model import ConditionalVAE
 from ..registry import Registry
 
 #: the columns of metrics.csv, in order: a prefix of them is the format of runs written before
@@ -203,8 +202,7 @@ def image_grids(vae, x, labels=None, n: int = 8, seed: int = 0) -> Dict[str, tor
             torch.cuda.manual_seed(seed)
         samples = vae.sample(n * n)  # a conditional VAE draws the labels too
     x = x[:n].to(device)
-    given = (labels[:n].to(device),) if isinstance(vae, ConditionalVAE) else ()
-    pairs = torch.cat([x, vae.reconstruct(x, *given)])
+    pairs = torch.cat([x, vae.reconstruct(*vae.arguments(x, None if labels is None else labels[:n].to(device)))])
     grids = {"samples": (samples, n), "reconstructions": (pairs, len(x))}
     return {tag: torch.from_numpy(image_grid(as_images(images, vae.input_shape).clip(0, 1), ncol)).unsqueeze(0)
             for tag, (images, ncol) in grids.items()}

@@ -31,7 +31,6 @@ from torchvision.utils import make_grid
 
 from ..errors import InputError
 from ..files import atomic_write
-from ..model import ConditionalVAE
 
 DPI = 120
 MANIFOLD_LEVELS = (0.05, 0.95)  # the quantile range of the manifold grid, per latent axis
@@ -186,13 +185,10 @@ def plot_curves(metrics: Union[Sequence[dict], PathLike], path: PathLike) -> Pat
 # ----------------------------------------------------------------------------- image figures
 
 
-def _given(vae, labels, n: int) -> tuple:
-    """The label argument of a conditional model's methods for the first n examples, else ()."""
-    if not vae.takes_labels:
-        return ()
-    if labels is None:
-        raise InputError("a conditional VAE's reconstructions and latent plots need the data's labels")
-    return (torch.as_tensor(labels[:n], device=_device(vae)),)
+def _arguments(vae, x: torch.Tensor, labels) -> tuple:
+    """The family's arguments (``vae.arguments``: x, and a conditional VAE's label) for x and the
+    first ``len(x)`` labels (None: the data have none)."""
+    return vae.arguments(x, None if labels is None else torch.as_tensor(labels[:len(x)], device=_device(vae)))
 
 
 @torch.no_grad()
@@ -200,7 +196,7 @@ def plot_reconstructions(vae, x, path: PathLike, n: int = 10, labels=None) -> Pa
     """The first ``n`` of x ``[N, *input_shape]`` (top row) above their reconstructions (bottom);
     a conditional VAE reconstructs each with its label (``labels`` [N])."""
     x = _tensor(vae, x[:n])
-    images = _images_or_raise(vae, torch.cat([x, vae.reconstruct(x, *_given(vae, labels, n))]))
+    images = _images_or_raise(vae, torch.cat([x, vae.reconstruct(*_arguments(vae, x, labels))]))
     return _save_image_grid(images, len(x), path,
                             "originals x (top), reconstructions E[x | z = μ(x)] (bottom)")
 
@@ -211,7 +207,7 @@ def plot_samples(vae, path: PathLike, n: int = 64, seed: int = 0, label: Optiona
     (the global RNG state is left as it was). A model with labels (conditional VAE, M2) draws
     ``label``'s class, or, with none, a row of 8 per class."""
     with _seeded(seed, _device(vae)):
-        if not isinstance(vae, ConditionalVAE):
+        if not vae.labelled:
             images, title = vae.sample(n), f"E[x|z] for {n} draws z ~ p(z)"
         elif label is not None:
             images, title = vae.sample(n, label=label), f"E[x|z, y = {label}] for {n} draws z ~ p(z)"
@@ -285,7 +281,7 @@ def plot_latent_scatter(vae, x, labels, path: PathLike) -> Path:
     """The posterior means μ_φ(x) of x ``[N, *input_shape]`` (of the top layer of a hierarchical
     VAE), coloured by ``labels`` [N] (tab10) or in one colour when ``labels`` is None; the first
     two principal components when L > 2."""
-    loc = vae.encode(_tensor(vae, x), *_given(vae, labels, len(x)))["loc"].cpu()
+    loc = vae.encode(*_arguments(vae, _tensor(vae, x), labels))["loc"].cpu()
     points, xlabel, ylabel = _two_dims(loc)
     fig, ax = _figure(6.5, 5.5)
     title = f"posterior means of {len(points)} inputs (latent_dim = {vae.latent_dim})"
@@ -326,7 +322,7 @@ def plot_all(vae, run_dir: PathLike, x, labels=None, metrics=None) -> list:
     if metrics is not None and (not isinstance(metrics, Sequence) or len(metrics)):
         paths.append(plot_curves(metrics, run_dir / "curves.png"))
     images = _image_shape(vae.input_shape) is not None
-    labelled = isinstance(vae, ConditionalVAE)
+    labelled = vae.labelled
     if images:
         paths.append(plot_reconstructions(vae, x, run_dir / "reconstructions.png", labels=labels))
         paths.append(plot_samples(vae, run_dir / "samples.png"))

@@ -34,7 +34,8 @@ from ..inference import estimators as est
 from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
 from ..lab.report import bits_per_dim_summary, mean_se
-from ..model import FAMILIES, ConditionalVAE, SemiSupervisedVAE
+from ..lab.compare import closed_form_problem, score_batches
+from ..model import FAMILIES
 from ..model.compiled import compiled, ran_compiled
 from . import config as cfgmod
 from . import logs
@@ -78,16 +79,13 @@ def load_data(cfg: dict, device="cpu"):
     return train_split, test_split
 
 
-#: [model] keys a family does not take: the two-layer VAE's sizes are per layer, in family_options
-OWN_SIZES = {"2layer": ("hidden", "latent_dim")}
-
-
 def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
     """The model of the config's [model] section (``family``: ``FAMILIES``) for data of ``input_shape``.
 
     The [model] keys a family's constructor names are given to it; ``family_options`` are its own
-    and win over the common keys. The two-layer VAE takes no ``hidden`` or ``latent_dim`` from
-    [model]: its ``latent_dims`` and per-layer ``hidden`` are family options (Burda's by default).
+    and win over the common keys. A family's ``own_options`` (the two-layer VAE's ``hidden`` and
+    ``latent_dim``: its ``latent_dims`` and per-layer ``hidden``, Burda's by default) are taken
+    from ``family_options`` alone.
     """
     m = cfg["model"]
     context = dict(input_shape=tuple(input_shape), latent_dim=m["latent_dim"], num_classes=num_classes,
@@ -95,7 +93,7 @@ def build_model(cfg: dict, input_shape, num_classes: Optional[int] = None):
                    activation=m["activation"] or None, net=m["net"], prior_options=m["prior_options"],
                    likelihood_options=m["likelihood_options"], guide_options=m["guide_options"])
     options = dict(m["family_options"])
-    own = set(options) | set(OWN_SIZES.get(m["family"], ()))
+    own = set(options) | set(FAMILIES.get(m["family"]).own_options)
     context = {k: v for k, v in context.items() if k not in own and v is not None}  # None: the family's default
     return FAMILIES.build(m["family"], options, **context)
 
@@ -109,9 +107,8 @@ def data_mean(split, chunk: int = 10000) -> torch.Tensor:
 
 
 def num_classes(cfg: dict, split) -> Optional[int]:
-    """K for a family that takes labels (``cvae``, ``m2``), from the data's labels; else None."""
-    needs = issubclass(FAMILIES.get(cfg["model"]["family"]), ConditionalVAE)
-    if not needs:
+    """K for a family built with classes (``labelled``: ``cvae``, ``m2``), from the data's labels; else None."""
+    if not FAMILIES.get(cfg["model"]["family"]).labelled:
         return None
     if split.labels is None:
         raise ConfigError(f"model.family = {cfg['model']['family']!r} needs labels, and data set "
@@ -135,27 +132,23 @@ def labeled_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def training_data(cfg: dict, model, train_split, test_split):
-    """(data, test_data, extra Terms) for :func:`pyrovae.train`, as the model family takes them:
-    ``x``; ``(x, y)`` for a conditional VAE; for M2 the unlabeled x, the labeled ``(x, y)`` of
-    ``data.labeled`` examples (balanced, seeded) as a Term, and the classifier Term weighted by
-    ``train.classifier_weight`` (α)."""
-    if isinstance(model, SemiSupervisedVAE):
-        n = cfg["data"]["labeled"]
-        if not 0 < n < len(train_split):
-            raise ConfigError(f"model.family = 'm2' needs data.labeled between 1 and the training set's size "
-                              f"({len(train_split)}), got {n}")
-        idx = labeled_indices(train_split.labels, n, cfg["train"]["seed"])
-        rest = torch.ones(len(train_split), dtype=torch.bool)
-        rest[idx] = False
-        labeled, unlabeled = train_split.select(idx), train_split.select(rest.nonzero().squeeze(1))
-        extra = [Term(model.model, model.guide, (labeled, labeled.labels), elbo="trace")]
-        if cfg["train"]["classifier_weight"] > 0:
-            extra.append(Term(model.classifier_model, model.classifier_guide, (labeled, labeled.labels),
-                              elbo="trace", weight=cfg["train"]["classifier_weight"]))
-        return unlabeled, test_split, extra
-    if model.takes_labels:
-        return (train_split, train_split.labels), (test_split, test_split.labels), []
-    return train_split, test_split, []
+    """(data, test_data, extra Terms) for :func:`pyrovae.train`, as the model family takes them
+    (``model.arguments``: ``x``, or ``(x, y)`` for a conditional VAE); a ``semi_supervised`` family
+    (M2) trains its pair on the unlabeled x and its ``labeled_terms`` on ``data.labeled``
+    examples (balanced, seeded), the classifier's weighted by ``train.classifier_weight`` (α')."""
+    if not model.semi_supervised:
+        return (model.arguments(train_split, train_split.labels), model.arguments(test_split, test_split.labels), [])
+    n = cfg["data"]["labeled"]
+    if not 0 < n < len(train_split):
+        raise ConfigError(f"model.family = {cfg['model']['family']!r} needs data.labeled between 1 and the "
+                          f"training set's size ({len(train_split)}), got {n}")
+    idx = labeled_indices(train_split.labels, n, cfg["train"]["seed"])
+    rest = torch.ones(len(train_split), dtype=torch.bool)
+    rest[idx] = False
+    labeled, unlabeled = train_split.select(idx), train_split.select(rest.nonzero().squeeze(1))
+    extra = [Term(m, g, args, elbo="trace", weight=w)
+             for m, g, args, w in model.labeled_terms(labeled, labeled.labels, cfg["train"]["classifier_weight"])]
+    return unlabeled, test_split, extra
 
 
 def read_metrics(path: Path):
@@ -345,14 +338,10 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
     shape = tuple(shape or test_split.shape)
     pyro.clear_param_store()
     vae = build_model(cfg, shape, metadata.get("num_classes")).to(device)
-    probe = (torch.zeros(2, *shape, device=device),)
-    if vae.takes_labels:
-        probe += (torch.zeros(2, dtype=torch.long, device=device),)
+    params = {}
     with pyro.validation_enabled(False):
-        params = pair_params(vae.model, vae.guide, *probe)
-        if isinstance(vae, SemiSupervisedVAE):  # the classifier term's parameters
-            params.update(pair_params(vae.classifier_model, vae.classifier_guide, probe[0],
-                                      torch.zeros(2, dtype=torch.long, device=device)))
+        for model, guide, probe in vae.checkpoint_pairs():
+            params.update(pair_params(model, guide, *probe))
     load_params(params, state["params"])
     return cfg, vae, test_split
 
@@ -411,55 +400,48 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     on = next(vae.parameters()).device  # the test set stays on the CPU: each chunk goes to the device
     use_compiled = should_compile(compile_networks, len(x) * iw_samples, on)
 
-    def args(i):
-        return tuple(t[i:i + batch_size].to(on) for t in ((x, y) if vae.takes_labels else (x,)))
-    fns = {"mc_elbo": lambda a: est.mc_elbo(vae.model, vae.guide, *a),
-           "analytic_elbo": lambda a: est.analytic_elbo(vae.model, vae.guide, *a),
-           f"iwae_bound(k={iw_samples})": lambda a: est.iwae_bound(vae.model, vae.guide, *a, num_samples=iw_samples)}
-    closed_form_note = None
-    try:
-        if not hasattr(vae, "check_closed_form"):
-            raise InputError(f"closed_form_elbo is written for the plain VAE, not the {cfg['model']['family']!r} family")
-        vae.check_closed_form()
-        fns["closed_form_elbo"] = lambda a: est.closed_form_elbo(vae, a[0])
-    except InputError as e:
-        closed_form_note = str(e)
-    values = {name: [] for name in fns}
+    data = vae.arguments(x, y)
     iwae_name = f"iwae_bound(k={iw_samples})"
-    batches = range(0, len(x), batch_size)
+    fns = {"mc_elbo": lambda *a: est.mc_elbo(vae.model, vae.guide, *a),
+           "analytic_elbo": lambda *a: est.analytic_elbo(vae.model, vae.guide, *a),
+           iwae_name: lambda *a: est.iwae_bound(vae.model, vae.guide, *a, num_samples=iw_samples)}
+    closed_form_note = closed_form_problem(vae)
+    if closed_form_note is None:
+        fns["closed_form_elbo"] = lambda x, *_: est.closed_form_elbo(vae, x)
+    batches = math.ceil(len(x) / batch_size)
+    values, seconds = {}, {}
     with compiled(vae) if use_compiled else nullcontext([]) as parts:
+        bar = None
         if progress:
             from tqdm.auto import tqdm
             if use_compiled:
                 print("evaluate: compiling the decoder and the densities (torch.compile, once per shape; "
                       "--no-compile to run eagerly)", file=sys.stderr, flush=True)
-            eta = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *args(0), num_samples=k),
-                                   iw_samples, len(batches), warm_up=use_compiled)
+            first = tuple(t[:batch_size].to(on) for t in data)
+            eta = estimate_seconds(lambda k: est.iwae_bound(vae.model, vae.guide, *first, num_samples=k),
+                                   iw_samples, batches, warm_up=use_compiled)
             print(f"evaluate: {len(x)} datapoints, k = {iw_samples}: about {format_seconds(eta)} (timed on a "
                   f"probe of the first batch; other work on the machine changes it)", file=sys.stderr, flush=True)
-            batches = tqdm(batches, desc="evaluate", unit="batch")
-        seconds = dict.fromkeys(fns, 0.0)
-        with torch.no_grad():
-            for i in batches:
-                for name, fn in fns.items():
-                    start = time.perf_counter()
-                    values[name].append(fn(args(i)).cpu())
-                    seconds[name] += time.perf_counter() - start
-                if progress:
-                    running = mean_se(torch.cat(values[iwae_name]))
-                    batches.set_postfix_str(f"log p(x) ≥ {running['mean']:.2f} ± {running['se']:.2f}")
+            bar = tqdm(total=batches * len(fns), desc="evaluate", unit="batch")
+        for name, fn in fns.items():
+            if bar is not None:
+                bar.set_description(name)
+            start = time.perf_counter()
+            values[name] = score_batches(fn, data, len(x), batch_size, device=on, bar=bar)
+            seconds[name] = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
     result = {"run": str(run_dir), "data": data_variant(cfg) + " — test set", "n": len(x),
               "units": "nats per datapoint (log-probabilities)",
-              "estimators": {name: mean_se(torch.cat(v)) for name, v in values.items()},
+              "estimators": {name: mean_se(v) for name, v in values.items()},
               "seconds": {name: round(t, 3) for name, t in seconds.items()}, "compiled": ran_compiled(parts)}
     if vae.likelihood.eight_bit:  # a probability of 8-bit values: also in bits per dimension
         dims = math.prod(vae.input_shape)
         result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}
-    if isinstance(vae, SemiSupervisedVAE) and y is not None:
-        with torch.no_grad():
-            correct = torch.cat([(vae.predict(x[i:i + batch_size].to(on)).cpu() == y[i:i + batch_size]).double()
-                                 for i in range(0, len(x), batch_size)])
-        result["accuracy"] = mean_se(correct)
+    if y is not None:  # the family's own per-datapoint scores (M2: accuracy)
+        for name in vae.extra_scores(x[:1].to(on), y[:1]):
+            result[name] = mean_se(score_batches(lambda a, b, name=name: vae.extra_scores(a, b)[name], (x, y),
+                                                 len(x), batch_size, device=on))
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
     result["seed"] = seed

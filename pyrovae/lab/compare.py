@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .. import checks
 from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
-from ..inference.traces import RngState, preserved_rng
+from ..inference.traces import RngState
 from .gradients import format_gradient_variance, gradient_variance
 from .report import standard_error, text_table
 
@@ -43,15 +43,20 @@ MIN_SD_POINTS = 64
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def _evaluate(fn: Callable, data: tuple, n: int, batch_size: int, bar) -> torch.Tensor:
-    """fn over the first n rows of the model's arguments ``data`` in batches: the per-datapoint
-    values [n] (float64, CPU)."""
+def score_batches(fn: Callable, data: tuple, n: int, batch_size: int, *, device=None, bar=None) -> torch.Tensor:
+    """``fn(*batch)`` over the first n rows of the arguments ``data`` (each ``[N, ...]``), ``batch_size``
+    rows at a time (moved to ``device`` when given), without gradients: the per-datapoint values
+    ``[n]`` (float64, CPU). ``bar`` (a tqdm bar), if given, advances one step a batch. The one loop
+    behind ``compare_estimators`` and ``pyrovae evaluate``."""
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            out.append(fn(*(t[start:stop] for t in data)).detach().to("cpu", torch.float64))
-            bar.update(1)
+            batch = tuple(t[start:min(start + batch_size, n)] for t in data)
+            if device is not None:
+                batch = tuple(t.to(device) for t in batch)
+            out.append(fn(*batch).detach().to("cpu", torch.float64))
+            if bar is not None:
+                bar.update(1)
     return torch.cat(out)
 
 
@@ -65,14 +70,12 @@ def _spec_rows(vae, particles, iw_samples):
     return specs
 
 
-def _closed_form_problem(vae, data: tuple) -> Optional[str]:
-    """Why ``closed_form_elbo`` cannot run on this VAE (None when it can)."""
-    if len(data) > 1:
-        return "closed_form_elbo is written for the plain VAE, whose model takes x alone"
+def closed_form_problem(vae) -> Optional[str]:
+    """Why ``closed_form_elbo`` cannot run on this family (its ``check_closed_form``'s one line), or
+    None when it can."""
     try:
-        with preserved_rng(), torch.no_grad():
-            closed_form_elbo(vae, data[0][:1])
-    except ValueError as e:
+        vae.check_closed_form()
+    except InputError as e:
         return str(e)
     return None
 
@@ -89,10 +92,11 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
     """Every estimator on the same data: a JSON-serialisable dict of plain floats and lists.
 
     Args:
-        vae: a :class:`pyrovae.VAE`, or another family whose ``model(x)`` takes x alone, or with
-            ``labels`` a conditional VAE (``model(x, y)``).
+        vae: a model family (:class:`~pyrovae.model.base.LatentVariableModel`: a :class:`pyrovae.VAE`
+            or any other); its ``arguments(x, labels)`` are what model and guide are given.
         x: data ``[N, *input_shape]``, processed ``batch_size`` datapoints at a time.
-        labels: ``[N]``, the second argument of a conditional VAE's model and guide.
+        labels: ``[N]`` or None: the data's labels, the second argument of a conditional VAE's
+            model and guide (a family that does not take them ignores them).
         particles: the r of the ``mc_elbo`` rows.
         iw_samples: the k of the ``iwae_bound`` rows; those above ``max_k`` are left out (listed in
             ``iw_samples_left_out``).
@@ -116,7 +120,7 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
     ``differences`` holds paired comparisons ``{"a", "b", "mean", "se"}`` of b − a datapoint by
     datapoint: every row against ``analytic_elbo r=1`` and each IWAE k against the next.
     """
-    data = (x,) if labels is None else (x, labels)
+    data = vae.arguments(x, labels)
     vae.check_data(*data)
     n = x.shape[0]
     if n == 0:
@@ -131,7 +135,7 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
     if seed is not None:
         pyro.set_rng_seed(seed)
 
-    cf_problem = _closed_form_problem(vae, data)
+    cf_problem = closed_form_problem(vae)
     specs = _spec_rows(vae, particles, ks)
     batches = math.ceil(n / batch_size)
     sd_points = {k: n if sd_max_k is None or k <= sd_max_k else
@@ -154,10 +158,10 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
             if common_random_numbers:
                 rng.restore()
             start = time.perf_counter()
-            a = _evaluate(fn, data, n, batch_size, bar)
+            a = score_batches(fn, data, n, batch_size, bar=bar)
             row["seconds"] = time.perf_counter() - start
             m = sd_points[p] if name == "iwae_bound" else n
-            b = _evaluate(fn, data, m, batch_size, bar)
+            b = score_batches(fn, data, m, batch_size, bar=bar)
             values[row["label"]] = a
             row.update(mean=float(a.mean()), se=standard_error(a), sd_n=m,
                        estimator_sd=float(((a[:m] - b) ** 2 / 2).mean().sqrt()))

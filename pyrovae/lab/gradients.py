@@ -83,20 +83,12 @@ def _disable_rsample(d):
 
 
 def _parameters(vae, params) -> List[torch.Tensor]:
-    if params == "encoder":
-        modules = [vae.encoder, vae.family]
-    elif params == "decoder":
-        modules = [vae.decoder]
-    elif params == "all":
-        modules = [vae]
-    else:
+    """The trainable parameters asked for: the family's ``encoder_parameters()`` (φ),
+    ``decoder_parameters()`` (θ) or all of them."""
+    if params not in PARAMS:
         raise InputError(f"params must be one of {', '.join(map(repr, PARAMS))}, got {params!r}")
-    seen, out = set(), []
-    for m in modules:
-        for p in m.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
+    chosen = {"encoder": vae.encoder_parameters, "decoder": vae.decoder_parameters, "all": vae.parameters}[params]()
+    out = [p for p in chosen if p.requires_grad]
     if not out:
         raise InputError(f"the VAE has no trainable {params} parameters")
     return out
@@ -135,12 +127,12 @@ def gradient_variance(vae, x, *labels, num_draws: int = 100, estimators: Sequenc
     """Spread of the ELBO's gradient estimators on a fixed batch ``x`` (one particle a draw).
 
     Args:
-        vae: a :class:`pyrovae.VAE` (any object with ``model``, ``guide``, ``encoder``, ``family``).
+        vae: a model family (its ``model``, ``guide``, ``encoder_parameters()``, ``decoder_parameters()``).
         x: a small batch ``[batch, *input_shape]``; the gradient is that of Σ_i ELBO(x_i).
         labels: the labels ``[batch]`` of a conditional VAE's batch (its model is ``model(x, y)``).
         num_draws: gradient draws per estimator.
         estimators: any of ``"reparam"``, ``"score"``, ``"score-baseline"``.
-        params: ``"encoder"`` (the encoder and the family's heads, φ), ``"decoder"`` or ``"all"``.
+        params: ``"encoder"`` (φ: the encoders and the variational families' heads), ``"decoder"`` (θ) or ``"all"``.
         warmup: draws run before measuring ``score-baseline``, so that its average has settled.
         baseline_beta: the decaying average's weight on its old value.
         seed: if given, ``pyro.set_rng_seed(seed)`` before each estimator.

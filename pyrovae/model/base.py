@@ -45,11 +45,33 @@ class LatentVariableModel(nn.Module):
     A subclass builds its networks, then calls :meth:`_check_decoder` on a latent size, and
     defines ``model``, ``guide`` and ``describe()``; it extends :meth:`check_data` when the model
     takes more arguments than x (labels).
+
+    The family protocol — what the trainer, the lab and the command line ask a family, and never
+    its class: :meth:`arguments` (a batch as model and guide take it), :attr:`labelled` (built with
+    K classes; ``sample(n, label=k)``), :attr:`semi_supervised` and :meth:`labeled_terms` (the
+    terms trained on a few labeled pairs), :attr:`own_options` (the [model] keys it takes in
+    ``family_options`` instead), :meth:`checkpoint_pairs` (probe arguments that create every
+    parameter a checkpoint holds), :meth:`check_closed_form`, :meth:`encoder_parameters` /
+    :meth:`decoder_parameters` (for gradient studies) and :meth:`extra_scores` (per-datapoint
+    scores beside the bounds, e.g. M2's accuracy). A user's family inherits the defaults below:
+    a pair on x alone, no labels, no closed form.
     """
 
     #: True when model and guide need a label beside x (``model(x, y)``): a conditional VAE.
     #: M2's y is optional (summed out when absent), so it does not.
     takes_labels = False
+
+    #: True when the family is built with ``num_classes`` = K, the number of the data's classes (the
+    #: data must have labels): its decoder reads a label y and ``sample(n, label=k)`` draws class k.
+    labelled = False
+
+    #: True when training keeps only a few labels (``data.labeled``): the main pair is trained on the
+    #: unlabeled x and :meth:`labeled_terms` on the labeled pairs.
+    semi_supervised = False
+
+    #: The common [model] config keys the family does not take from [model]: it has its own, of
+    #: another form, in ``model.family_options`` (the two-layer VAE's per-layer sizes).
+    own_options: tuple = ()
 
     #: True when model and guide compute the same thing at every step given their arguments' shapes
     #: (no state that changes between steps), so that ``pyrovae.train`` may record a step once and
@@ -128,6 +150,67 @@ class LatentVariableModel(nn.Module):
         if self.num_data is None:
             return pyro.plate("data", x.shape[0])
         return pyro.plate("data", self.num_data, subsample=torch.arange(x.shape[0], device=x.device))
+
+    # -- the protocol -------------------------------------------------------------------------------
+    def arguments(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> tuple:
+        """The arguments of ``model``/``guide`` (and ``reconstruct``, ``encode``) for x ``[N, *input_shape]``
+        and the data's labels ``[N]`` (None when the data have none): ``(x,)``, or ``(x, y)`` for a
+        family that :attr:`takes_labels` (InputError when ``labels`` is None)."""
+        if not self.takes_labels:
+            return (x,)
+        if labels is None:
+            raise InputError(f"the {type(self).__name__}'s model and guide need the data's labels, and none were given")
+        return x, labels
+
+    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> list:
+        """The parts of the objective on labeled pairs (x ``[N_l, *input_shape]``, y ``[N_l]``) of a
+        :attr:`semi_supervised` family: a list of ``(model, guide, args, weight)``, each trained
+        with ``Trace_ELBO`` beside the main pair (weight × its ELBO, each minibatch scaled to the
+        N_l pairs). None for the others."""
+        return []
+
+    def checkpoint_pairs(self) -> list:
+        """``(model, guide, args)`` for every pair whose parameters a checkpoint holds, with probe
+        arguments of 2 zero datapoints on the model's device (labels: class 0): running each once
+        creates the parameters the checkpoint's values are loaded into."""
+        param = next(self.parameters(), None)
+        x = torch.zeros((2,) + self.input_shape, device=None if param is None else param.device)
+        return [(self.model, self.guide, self.arguments(x, x.new_zeros(2, dtype=torch.long)))]
+
+    def check_closed_form(self) -> None:
+        """InputError (one line) unless ``closed_form_elbo``, the lecture notes' hand-written loss,
+        applies: the plain VAE's, with p(z) = N(0, I), a diagonal guide and a hand-written density."""
+        raise InputError(f"closed_form_elbo is written for the plain VAE (model(x) with one latent z), "
+                         f"not the {type(self).__name__}")
+
+    def encoder_parameters(self) -> list:
+        """φ: the parameters of the guide's networks (encoders, variational families, classifier)."""
+        return self._parameters_of(self._inference_modules())
+
+    def decoder_parameters(self) -> list:
+        """θ: the parameters the guide does not use (decoders, likelihood, prior)."""
+        inference = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in inference]
+
+    def _inference_modules(self) -> list:
+        """The guide's modules: by default every child module whose name starts with encoder,
+        family or classifier."""
+        return [m for name, m in self.named_children() if name.startswith(("encoder", "family", "classifier"))]
+
+    @staticmethod
+    def _parameters_of(modules) -> list:
+        seen, out = set(), []
+        for module in modules:
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def extra_scores(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> dict:
+        """Per-datapoint scores beside the bounds, ``{name: [N] float}`` (e.g. M2's ``accuracy``, 1
+        where the classifier is right); none by default."""
+        return {}
 
     # -- description --------------------------------------------------------------------------------
     def describe(self) -> str:

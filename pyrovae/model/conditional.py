@@ -57,6 +57,7 @@ class ConditionalVAE(LatentVariableModel):
     """
 
     takes_labels = True
+    labelled = True
 
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dim: int, num_classes: int, *,
                  prior="normal", likelihood="bernoulli", guide="diagonal", hidden=(400,),

@@ -70,6 +70,9 @@ class TwoLayerVAE(LatentVariableModel):
             scaled by ``num_data / batch``.
     """
 
+    #: its sizes are per layer (``latent_dims``, ``hidden`` pairs), given in ``model.family_options``
+    own_options = ("hidden", "latent_dim")
+
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dims: Sequence[int] = (100, 50), *,
                  hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)), prior="normal", likelihood="bernoulli",
                  guide="diagonal", activation: str = "tanh", prior_options=None, likelihood_options=None,

@@ -58,6 +58,7 @@ class SemiSupervisedVAE(ConditionalVAE):
     """
 
     takes_labels = False  # y is optional: summed out where it is not given
+    semi_supervised = True
 
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dim: int, num_classes: int, *,
                  prior="normal", likelihood="bernoulli", guide="diagonal", hidden=(500,),
@@ -116,6 +117,27 @@ class SemiSupervisedVAE(ConditionalVAE):
 
     def classifier_guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The auxiliary term's guide: no latent."""
+
+    # -- the family protocol ---------------------------------------------------------------------------
+    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> list:
+        """L on the labeled pairs and, when ``classifier_weight`` α' > 0, α' Σ log q(y|x):
+        ``[(model, guide, (x, y), 1.0), (classifier_model, classifier_guide, (x, y), α')]``."""
+        terms = [(self.model, self.guide, (x, y), 1.0)]
+        if classifier_weight > 0:
+            terms.append((self.classifier_model, self.classifier_guide, (x, y), classifier_weight))
+        return terms
+
+    def checkpoint_pairs(self) -> list:
+        """The main pair on x alone (q(y|x), q(z|x,y), p(x|z,y)) — it creates every parameter."""
+        x = torch.zeros((2,) + self.input_shape, device=self.prior.zero.device)
+        return [(self.model, self.guide, (x,))]
+
+    def extra_scores(self, x: torch.Tensor, labels) -> dict:
+        """``accuracy``: 1 where q(y|x)'s most probable class is the label, else 0 ([N] float64);
+        none without labels."""
+        if labels is None:
+            return {}
+        return {"accuracy": (self.predict(x) == labels.to(x.device)).double()}
 
     # -- what one does with a trained model ------------------------------------------------------------
     @torch.no_grad()
