@@ -103,7 +103,8 @@ class Registry:
 
 def import_components(names: Iterable[str], base_dir: Optional[Path] = None) -> None:
     """Import the user modules a config lists: dotted module names or paths to ``.py`` files
-    (relative to ``base_dir``, the config's folder). Their ``register`` lines then run."""
+    (relative to ``base_dir``, the config's folder). Their ``register`` lines then run. A module
+    name that Python's path lacks is looked for beside the config, then in the working directory."""
     for name in names:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"import must list module names or .py paths, got {name!r}")
@@ -111,9 +112,27 @@ def import_components(names: Iterable[str], base_dir: Optional[Path] = None) -> 
             if name.endswith(".py"):
                 _import_file(Path(base_dir or ".") / name)
             else:
+                _find_module_folder(name, base_dir)
                 importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"import {name!r} failed: {e}") from None
+
+
+def _find_module_folder(name: str, base_dir: Optional[Path]) -> None:
+    """Put on ``sys.path`` the folder (``base_dir``, else the working directory) holding the top
+    package of ``name`` (``top.py`` or ``top/__init__.py``) when Python's path does not find it;
+    a ConfigError saying what to do when neither holds it."""
+    top = name.split(".")[0]
+    if importlib.util.find_spec(top) is not None:
+        return
+    folders = list(dict.fromkeys(p.resolve() for p in (Path(base_dir or "."), Path("."))))
+    for folder in folders:
+        if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+            sys.path.append(str(folder))
+            return
+    raise ConfigError(f"import {name!r} failed: no module {top!r} on Python's path, nor {top}.py beside the config or in "
+                      f"the working directory ({', '.join(map(str, folders))}); list the file's path instead "
+                      f"(import = [\"path/to/{top}.py\"]) or add its folder to PYTHONPATH")
 
 
 def _import_file(path: Path) -> None:

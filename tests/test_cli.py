@@ -200,9 +200,12 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys, monkeypatch):
     assert str(tmp_path / "empty") in err and "train-images-idx3-ubyte.gz" in err
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        main(["--debug", "evaluate", str(tmp_path / "nope")])
+def test_debug_shows_the_traceback_and_keeps_a_user_errors_status(tmp_path, capsys):
+    """--debug adds the traceback; the exit status still says a user's mistake (2), not a bug (1)."""
+    assert main(["--debug", "evaluate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "FileNotFoundError" in err
+    assert err.rstrip().splitlines()[-1].startswith("pyrovae: error: ") and str(tmp_path / "nope") in err
 
 
 @pytest.mark.slow

@@ -171,3 +171,20 @@ def test_every_guide_reparameterizes(name):
     z = q.rsample()
     z.sum().backward()
     assert all(p.grad is not None for p in vae.encoder.parameters())
+
+
+def test_a_bare_module_name_is_found_beside_the_config(user_module, tmp_path, monkeypatch):
+    """``import = ["name"]`` with name.py beside the config imports it from any working directory;
+    a module found nowhere is one line saying where it was looked for and what to do."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder, elsewhere = tmp_path / "configs", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    user_module("student-t-beside", module="beside_prior", folder=folder)
+    (folder / "run.toml").write_text('import = ["beside_prior"]\n[model]\nprior = "student-t-beside"\n')
+    monkeypatch.chdir(elsewhere)
+    assert config.load(folder / "run.toml")["model"]["prior"] == "student-t-beside"
+    (folder / "bad.toml").write_text('import = ["nowhere_prior"]\n')
+    with pytest.raises(config.ConfigError, match=r"import 'nowhere_prior' failed: no module 'nowhere_prior'.*"
+                                                 r"nor nowhere_prior\.py beside the config.*add its folder to PYTHONPATH"):
+        config.load(folder / "bad.toml")

@@ -3,7 +3,7 @@
 A user's mistake or a failed run — any :class:`pyrovae.errors.PyrovaeError` (a bad config, missing
 or corrupt data, a damaged checkpoint, a diverged training) and any ``OSError`` on the user's
 paths — prints one line ``pyrovae: error: ...`` and exits with status 2; ``--debug`` shows the
-traceback instead. Anything else is a bug in pyrovae: it is shown with its traceback and a request
+traceback above that line, and the status stays 2. Anything else is a bug in pyrovae: it is shown with its traceback and a request
 to report it (exit status 1). Counts given on the command line are checked by argparse, which
 names the flag.
 """
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         return 130
     except USER_ERRORS as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror or e}"
         print(f"pyrovae: error: {' '.join(message.split())}", file=sys.stderr)
         return 2

@@ -179,7 +179,7 @@ def _imports(config: dict, base_dir: Optional[Path] = None) -> list:
         raise ConfigError(f"{IMPORT_KEY} must be a list of module names or .py paths, got {names!r}")
     base_dir = Path(base_dir or ".")
     names = [str((base_dir / n).resolve()) if n.endswith(".py") else n for n in names]
-    import_components(names)
+    import_components(names, base_dir)
     global _PLUGINS_LOADED
     if not _PLUGINS_LOADED:
         load_plugins()
