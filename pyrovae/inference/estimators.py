@@ -72,6 +72,7 @@ from .. import checks
 from ..errors import InputTypeError, PairError, PyrovaeError
 from .arguments import batch_size_of
 from .pairs import check_pair_on
+from .vectorize import particles_agree
 from .traces import (PARTICLES, enum_traces, kl_or_none, log_density, nesting_of, particle_traces, sample_sites,
                      traces)
 
@@ -316,7 +317,7 @@ def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_pla
         chunk -= chunk % 16 if chunk >= 16 else 0  # torch draws normals 16 at a time: keep one pass's draws
     else:
         chunk = checks.positive_int("chunk_size", chunk_size)
-    vectorize = True
+    vectorize = particles_agree(model, guide, args, kwargs, nesting, enumerate_)
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
         found = _vectorized(model, guide, n, nesting, args, kwargs, enumerate_) if vectorize else None
