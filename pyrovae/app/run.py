@@ -31,6 +31,7 @@ from ..files import lock_folder, temporary_of, write_text
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
+from ..inference.state import modes, modules_of
 from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
 from ..lab.report import bits_per_dim_summary, mean_se
@@ -384,7 +385,8 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     (``compile_networks``: "auto", the default, for large evaluations on a CPU, :func:`should_compile`;
     True/"on", False/"off") the decoder and the densities run by ``torch.compile``
     (:mod:`pyrovae.model.compiled`: the same draws, float32 rounding apart); ``result["compiled"]``
-    says which. Returns the result; :func:`write_evaluation` saves it.
+    says which. The estimators run with the model's modules in evaluation mode (Dropout off,
+    BatchNorm on its running statistics). Returns the result; :func:`write_evaluation` saves it.
     """
     for name, value in (("--iw-samples", iw_samples), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -410,7 +412,8 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
         fns["closed_form_elbo"] = lambda x, *_: est.closed_form_elbo(vae, x)
     batches = math.ceil(len(x) / batch_size)
     values, seconds = {}, {}
-    with compiled(vae) if use_compiled else nullcontext([]) as parts:
+    evaluation = modes(modules_of(vae.model, vae.guide), False)  # Dropout off, BatchNorm's statistics unchanged
+    with evaluation, compiled(vae) if use_compiled else nullcontext([]) as parts:
         bar = None
         if progress:
             from tqdm.auto import tqdm

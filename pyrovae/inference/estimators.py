@@ -17,6 +17,23 @@ and ``mc_elbo`` = 1/r Σ_j log w_ij (what Trace_ELBO computes), ``iwae_bound`` =
 log 1/k Σ_j w_ij (Burda et al. 2015), ``analytic_elbo`` replaces log p(z) − log q(z) by −KL(q ‖ p)
 at every latent site whose KL has a closed form (as TraceMeanField_ELBO does).
 
+Arguments. The positional arguments after ``model`` and ``guide`` are the model's data, passed to
+it as they are; a plain Python number among them is refused (``mc_elbo(model, guide, x, 10)``
+names ``num_particles=10``): a model argument that is a number goes by keyword.
+
+Modes. An estimator runs the pair's networks in the mode the caller left them: call
+``vae.eval()`` first (Dropout off, BatchNorm on its running statistics) for the model's ELBO;
+in training mode BatchNorm normalises by the batch's statistics and updates its running ones, as
+one forward pass of Pyro's own ELBO does. pyrovae's trainer and CLI switch to evaluation mode
+themselves and restore the mode they found.
+
+Vectorized particles are checked first: on the first call for a pair and input shape, 2
+particles drawn in one pass are compared with the same draws run one at a time
+(:func:`pyrovae.inference.vectorize.particles_agree`); where they differ — a network that does
+not broadcast over a leading dimension, e.g. ``nn.BatchNorm1d(B)`` at batch size B — every
+particle is run one at a time, with a warning naming the pair. Checks leave parameters, buffers,
+modes and the random state as they found them.
+
 The estimators give the ELBO of the model itself: site scales (``poutine.scale``, a plate's
 subsample scaling to the data-set size) are ignored; masks are honoured. A log-density of a
 site outside the data plate is shared equally among the datapoints.
@@ -71,7 +88,8 @@ import torch
 from .. import checks
 from ..errors import InputTypeError, PairError, PyrovaeError
 from .arguments import batch_size_of
-from .pairs import check_pair_on
+from .pairs import check_pair_on, check_reparameterized
+from .vectorize import particles_agree
 from .traces import (PARTICLES, enum_traces, kl_or_none, log_density, nesting_of, particle_traces, sample_sites,
                      traces)
 
@@ -257,8 +275,17 @@ def _enumerates(model_trace, guide_trace, layout: _Layout) -> bool:
     return found
 
 
-def _check_call(model, args: tuple, kwargs: dict) -> None:
-    """InputTypeError when the model cannot take these arguments (options are keyword-only)."""
+def _check_call(model, args: tuple, kwargs: dict, option: str = "num_particles") -> None:
+    """InputTypeError when the model cannot take these arguments (options are keyword-only), or when
+    a positional argument is a plain Python number: the positional arguments after the pair are
+    the model's data (tensors, or None), so ``mc_elbo(model, guide, x, 10)`` is refused with a line
+    naming ``option`` (a model argument that is a number is passed by keyword)."""
+    for i, value in enumerate(args):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise InputTypeError(f"positional argument {i + 1} after the model and guide is the number {value!r}; "
+                                 f"the estimators pass every positional argument to the model as data: write "
+                                 f"{option}={value!r} (options are keyword-only; a model argument that is a number "
+                                 f"goes by keyword)")
     try:
         signature = inspect.signature(model)
     except (TypeError, ValueError):  # a callable whose signature Python cannot read: let it run
@@ -291,8 +318,8 @@ def _vectorized(model, guide, n, nesting, args, kwargs, enumerate_=False):
         return None
 
 
-def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size=None
-                   ) -> Iterator[Tuple[Dict[str, torch.Tensor], List[str]]]:
+def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_plate, chunk_size=None,
+                   option="num_particles", pathwise: Optional[str] = None) -> Iterator[Tuple[Dict[str, torch.Tensor], List[str]]]:
     """Yield (Σ terms, analytic site names) for chunks of n particles: ``reconstruction`` and
     ``latent`` [n, batch] (a plain 0.0 when no site is of that kind); ``enumerated``, Σ log q of
     the enumerated guide sites, or None when the guide enumerates none; ``model_dims``, the
@@ -305,18 +332,20 @@ def _chunked_terms(model, guide, args, kwargs, num_particles, analytic, data_pla
     n at a time in a plate left of the pair's plates; a pair whose code cannot run so
     (shape-dependent indexing) is run one particle at a time, with a warning once.
     """
-    _check_call(model, args, kwargs)
+    _check_call(model, args, kwargs, option)
     batch = batch_size_of(args, kwargs)
     checked = check_pair_on(model, guide, *args, **kwargs)
     nesting = nesting_of(checked)
     enumerate_ = _enumerates(*checked, _Layout(checked[0], batch, nesting, data_plate))
+    if pathwise is not None:
+        check_reparameterized(checked[1], pathwise, summed=True)
     if chunk_size is None:
         first = next(v for v in list(args) + list(kwargs.values()) if torch.is_tensor(v))
         chunk = max(1, rows_per_chunk(checked, batch, first.device) // max(batch, 1))
         chunk -= chunk % 16 if chunk >= 16 else 0  # torch draws normals 16 at a time: keep one pass's draws
     else:
         chunk = checks.positive_int("chunk_size", chunk_size)
-    vectorize = True
+    vectorize = particles_agree(model, guide, args, kwargs, nesting, enumerate_)
     for start in range(0, num_particles, chunk):
         n = min(chunk, num_particles - start)
         found = _vectorized(model, guide, n, nesting, args, kwargs, enumerate_) if vectorize else None
@@ -473,12 +502,16 @@ def iwae_bound(model, guide, *args, num_samples: int = 5000, data_plate: Optiona
     cache; 32768 on a GPU), rounded down to a multiple of 16 particles. torch draws normals 16 at a
     time, so such chunks draw what one vectorized pass over all k draws (Pyro's
     ``vectorized_importance_weights`` with the same seed; tests/test_eval_speed_paths.py). Runs without
-    gradients unless ``grad=True`` (to train on it, use ``RenyiELBO(alpha=0)``).
+    gradients unless ``grad=True`` (to train on it, use ``RenyiELBO(alpha=0)``); that gradient is
+    path-wise, so a sampled guide site without ``rsample`` (a discrete one not enumerated) is then
+    refused with a :class:`PairError` naming it. Like every estimator it runs the pair in the
+    modules' current mode (module docstring).
     """
     checks.positive_int("num_samples", num_samples)
     total = None
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        for t, _ in _chunked_terms(model, guide, args, kwargs, num_samples, False, data_plate, chunk_size):
+        for t, _ in _chunked_terms(model, guide, args, kwargs, num_samples, False, data_plate, chunk_size,
+                                   "num_samples", "iwae_bound(grad=True)" if grad else None):
             lse = torch.logsumexp(_rows(_importance(_marginal(t)[0], t["enumerated"]), args, kwargs), 0)
             total = lse if total is None else torch.logaddexp(total, lse)
     return total - math.log(num_samples)

@@ -55,9 +55,10 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import PairError
-from .traces import dry_run, preserved_rng
+from .state import modules_of, preserved
+from .traces import dry_run, preserved_rng, sample_sites
 
-__all__ = ["check_pair", "check_pair_on", "pair_problems", "support_within"]
+__all__ = ["check_pair", "check_pair_on", "check_reparameterized", "own_scale", "pair_problems", "support_within"]
 
 _INF = math.inf
 
@@ -335,17 +336,57 @@ def _problems_of_a_failed_run(model, guide, args, kwargs) -> List[str]:
 
 
 def check_pair_on(model, guide, *args, **kwargs):
-    """Run the pair once on ``args``/``kwargs`` (no gradients, the random state untouched),
+    """Run the pair once on ``args``/``kwargs`` (no gradients; parameters, buffers such as
+    BatchNorm's running statistics, module modes and the random state as they were:
+    :func:`~pyrovae.inference.state.preserved`),
     :func:`check_pair` its traces and return them, ``(model_trace, guide_trace)``. Where the model
     fails on the guide's draws (a decoder fed a latent of the wrong shape), the sites it reached
     are checked, and a mismatch among them is raised as the :class:`~pyrovae.errors.PairError`
     (from the model's error); else that error is."""
     try:
-        model_trace, guide_trace = dry_run(model, guide, *args, **kwargs)
+        with preserved(modules_of(model, guide)):  # buffers (BatchNorm statistics) and modes too
+            model_trace, guide_trace = dry_run(model, guide, *args, **kwargs)
     except Exception as exc:
-        problems = _problems_of_a_failed_run(model, guide, args, kwargs)
+        with preserved(modules_of(model, guide)):
+            problems = _problems_of_a_failed_run(model, guide, args, kwargs)
         if problems:
             raise PairError("; ".join(problems) + f"; the model then failed with {type(exc).__name__}") from exc
         raise
     check_pair(model_trace, guide_trace)
     return model_trace, guide_trace
+
+
+def check_reparameterized(guide_trace, objective: str, summed: bool = False) -> None:
+    """One :class:`~pyrovae.errors.PairError` line when ``objective`` (a path-wise gradient: the
+    mean-field ELBO, sticking the landing, DReG, an estimator's gradient — it differentiates through
+    every guide draw) meets a latent guide site without ``rsample`` (a discrete one): the site, and
+    the ELBO to use. With ``summed``, sites marked for enumeration are exempt (summed exactly)."""
+    bad = [(name, type(site["fn"]).__name__) for name, site in sample_sites(guide_trace).items()
+           if not site["is_observed"] and not site["fn"].has_rsample
+           and not (summed and _is_enumerated(site))]
+    if bad:
+        sites = ", ".join(f"{name!r} ({kind})" for name, kind in bad)
+        raise PairError(f"{objective} needs every latent guide site reparameterized, but guide site(s) {sites} "
+                        f"have no rsample: use elbo='enum' with the site marked infer={{'enumerate': 'parallel'}} "
+                        f"(summed exactly), or elbo='trace' with gradient='standard' (a score-function gradient)")
+
+
+def _subsample_factor(site) -> float:
+    """The scale a subsampled ``pyro.plate`` (size B of N) gives a site: Π N/B over its plates."""
+    return math.prod(f.full_size / f.size for f in site["cond_indep_stack"] if f.full_size not in (None, f.size))
+
+
+def own_scale(pair_traces) -> Optional[float]:
+    """The factor by which a pair scales every one of its sites itself (``poutine.scale``; a
+    subsampled plate's N/B excluded): 1.0 for a pair that scales nothing, s when every sample site
+    of both traces has scale s, None when they differ (or a scale is a tensor)."""
+    scales = set()
+    for trace in pair_traces:
+        for site in sample_sites(trace).values():
+            scale = site["scale"]
+            if torch.is_tensor(scale):
+                if scale.numel() != 1:
+                    return None
+                scale = scale.item()
+            scales.add(round(scale / _subsample_factor(site), 12))
+    return scales.pop() if len(scales) == 1 else (1.0 if not scales else None)

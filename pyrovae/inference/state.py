@@ -106,8 +106,8 @@ class Snapshot:
 
     def restore(self) -> None:
         with torch.no_grad():
-            for t, saved in self.tensors:
-                if t.shape == saved.shape:
+            for t, saved in self.tensors:  # only those that changed: an in-place copy would invalidate
+                if t.shape == saved.shape and not torch.equal(t, saved):  # graphs that saved the tensor
                     t.copy_(saved)
         for m, was in zip(self.subs, self.modes):
             m.training = was

@@ -12,7 +12,12 @@ Each epoch appends a row to the returned history (all per datapoint, in nats):
 test set, or on the first 2000 training points when there is none), ``seconds`` (training and
 evaluation), ``lr`` (the epoch's learning rate, :mod:`pyrovae.inference.optim`) and
 ``samples_per_second`` (datapoints trained on per second of the epoch's training, evaluation
-excluded; all ranks' together in data-parallel training). Callbacks watch a run as it goes
+excluded; all ranks' together in data-parallel training). A pair that scales every one of its
+sites by a factor s itself (``poutine.scale``) has its minibatch ELBOs divided by s, so that
+``train_elbo`` is in nats per datapoint too; where its sites' factors differ, ``train_elbo`` is in
+its scaled units (with a warning). The steps run with the pair's modules in training mode, the
+evaluation in evaluation mode (Dropout off, BatchNorm on its running statistics, which it leaves
+unchanged); each module's mode is restored afterwards. Callbacks watch a run as it goes
 (:mod:`pyrovae.inference.callbacks`).
 """
 from __future__ import annotations
@@ -26,26 +31,29 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO
+from pyro.infer import RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .. import checks
-from ..errors import CheckpointError, PyrovaeError, TrainingError
+from ..errors import CheckpointError, TrainingError
 from . import checkpoint as ckpt
 from . import distributed
 from .arguments import ModelArguments, batch_size_of
 from .callbacks import Callbacks
-from .elbos import make_elbo
+from .elbos import MeanField_ELBO, make_elbo
 from .optim import OptimizerSettings, set_lr
 from .pathwise import DReG_IWAE
 from .precision import with_precision
 from .estimators import elbo_parts
 from .faststep import FastStep
 from .tracedstep import TracedStep, traced_mode, traces_pair
-from .pairs import check_pair_on
+from .pairs import check_pair_on, check_reparameterized, own_scale
+from .pathwise import STL_ELBO
+from .state import modes, modules_of
 from .traces import PARTICLE_PLATES, nesting_of, params_of
+from .vectorize import particles_agree
 
 EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
 
@@ -137,6 +145,19 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return torch.device(device)
 
 
+def _site_scale(pair_traces) -> float:
+    """The factor the pair scales all its sites by itself (``poutine.scale``), which ``train_elbo``
+    is divided by to be in nats per datapoint (:func:`pyrovae.inference.pairs.own_scale`); 1 with a
+    warning when the sites' factors differ (``train_elbo`` is then in the pair's scaled units)."""
+    scale = own_scale(pair_traces)
+    if scale is None or scale <= 0:
+        warnings.warn("the pair scales its sites by different factors (poutine.scale): train_elbo is in the "
+                      "pair's scaled units; test_elbo, reconstruction and kl are in nats per datapoint",
+                      stacklevel=4)
+        return 1.0
+    return scale
+
+
 def _owner(fn) -> Optional[nn.Module]:
     owner = getattr(fn, "__self__", None)
     return owner if isinstance(owner, nn.Module) else None
@@ -199,11 +220,23 @@ def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor])
 
 
 def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles: int, gradient: str):
-    """(the pair's ELBO, the parameters it registers), from one run on its first minibatch, in
-    which a mismatched pair is refused (:func:`pyrovae.inference.pairs.check_pair_on`)."""
+    """(the pair's ELBO, the parameters it registers, the checked traces), from one run on its first
+    minibatch, in which a mismatched pair is refused (:func:`pyrovae.inference.pairs.check_pair_on`),
+    and a discrete guide site under an ELBO that needs reparameterized ones (:func:`_refuse_unreparameterized`)."""
     args, kwargs = data.rows(0, batch_size)
     traces = check_pair_on(*pair, *args, **kwargs)
-    return make_elbo(elbo, num_particles, nesting_of(traces), gradient=gradient), params_of(traces)
+    objective = make_elbo(elbo, num_particles, nesting_of(traces), gradient=gradient)
+    _refuse_unreparameterized(objective, elbo, gradient, traces[1])
+    return objective, params_of(traces), traces
+
+
+def _refuse_unreparameterized(objective, elbo, gradient: str, guide_trace) -> None:
+    """PairError naming the site when a path-wise-only ELBO (mean-field, STL, DReG) meets a guide
+    site without rsample (:func:`pyrovae.inference.pairs.check_reparameterized`)."""
+    if isinstance(objective, (TraceMeanField_ELBO, MeanField_ELBO, STL_ELBO, DReG_IWAE)):
+        name = repr(elbo) if isinstance(elbo, str) else type(elbo).__name__
+        check_reparameterized(guide_trace, f"elbo={name}" + (f" with gradient={gradient!r}" if gradient != "standard"
+                                                              else ""))
 
 
 @dataclass
@@ -279,7 +312,11 @@ class Trainer:
         self.pair = with_precision((model, guide), precision, self.device)
         self.shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
         self.batch_points = 0  # the datapoints of the last step, over all ranks
-        self.elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
+        self.plain_pair = (model, guide)  # float32, unwrapped: what the vectorization check runs
+        self.modules = modules_of(model, guide, *[f for t in extra for f in (t.model, t.guide)])
+        self.elbo, self.params, checked = _objective(self.pair, self.data, self.batch_size, elbo, num_particles,
+                                                     gradient)
+        self.nesting, self.site_scale = nesting_of(checked), _site_scale(checked)
         self.fast = FastStep.for_elbo(self.elbo) if fast_step else None  # checked against self.elbo before use
         mode = traced_mode(traced_step)
         if self.fast is not None and traces_pair(mode, _owner(model)):
@@ -289,8 +326,8 @@ class Trainer:
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
             term.pair, term.shard = with_precision(term.pair, precision, self.device), self.shard
-            term.elbo, params = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo, num_particles,
-                                           "standard")
+            term.elbo, params, _ = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo,
+                                              num_particles, "standard")
             self.params.update(params)
         distributed.broadcast_params(self.params.values())  # every rank starts from rank 0's parameters
         distributed.reseed_rank()
@@ -382,22 +419,24 @@ class Trainer:
         return loss / len(self.data)
 
     def _main_loss(self, args, kwargs) -> float:
-        """The main pair's loss and gradients. A pair whose code cannot run particles vectorized
-        (shape-dependent indexing) fails its first step so; it then runs them one at a time (Pyro's
-        ``vectorize_particles=False``), with a warning."""
-        try:
-            return self._loss_and_grads(self.elbo, args, kwargs)
-        except (RuntimeError, ValueError, IndexError) as e:
-            if self.steps or not getattr(self.elbo, "vectorize_particles", False) or isinstance(e, PyrovaeError):
-                raise
-            warnings.warn(f"the pair cannot run its particles vectorized ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); training runs them one at a time",
-                          stacklevel=3)
-            for p in self.params.values():
-                p.grad = None
+        """The main pair's loss and gradients; at the first step, particles one at a time where
+        vectorized ones cannot be trusted (:meth:`vectorization_checked`)."""
+        if self.steps == 0:
+            self.vectorization_checked(args, kwargs)
+        return self._loss_and_grads(self.elbo, args, kwargs)
+
+    def vectorization_checked(self, args, kwargs) -> None:
+        """Decide ``vectorize_particles`` for training on the first minibatch: an ELBO that vectorizes
+        r > 1 particles keeps doing so only where the pair's vectorized particles equal the same draws
+        run one at a time (:func:`pyrovae.inference.vectorize.particles_agree`, in the modules'
+        current mode); else it runs them one at a time (Pyro's ``vectorize_particles=False``, no fast
+        step), with a warning naming the pair."""
+        if not getattr(self.elbo, "vectorize_particles", False) or self.elbo.num_particles == 1:
+            return
+        if not particles_agree(*self.plain_pair, args, kwargs, self.nesting, isinstance(self.elbo, TraceEnum_ELBO),
+                               what="training will"):
             self.elbo.vectorize_particles = False
             self.fast = self.fast and FastStep.for_elbo(self.elbo)  # none for particles in a loop
-            return self._loss_and_grads(self.elbo, args, kwargs)
 
     def diverged(self, epoch: int, step, what: str):
         """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
@@ -468,14 +507,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000) -> dict:
-        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set).
+        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set),
+        with the pair's modules in evaluation mode (their modes restored after).
         With several ranks each scores every W-th chunk and the means are all-reduced (:func:`distributed.mean_parts`)."""
         data = self.test if self.test is not None else self.data
         n = len(data) if self.test is not None else min(EVAL_POINTS, len(data))
         parts = []
-        for i in range(distributed.rank() * batch_size, n, batch_size * distributed.world_size()):
-            args, kwargs = data.rows(i, min(i + batch_size, n))
-            parts.append(elbo_parts(*self.pair, *args, **kwargs))
+        with modes(self.modules, False):  # evaluation mode: no dropout, BatchNorm's running statistics unchanged
+            for i in range(distributed.rank() * batch_size, n, batch_size * distributed.world_size()):
+                args, kwargs = data.rows(i, min(i + batch_size, n))
+                parts.append(elbo_parts(*self.pair, *args, **kwargs))
         return distributed.mean_parts(parts, ("elbo", "reconstruction", "kl"))
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -629,11 +670,12 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
         hooks("on_train_start", trainer)
         for epoch in range(len(trainer.history) + 1, epochs + 1):
             start = time.perf_counter()
-            train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup),
-                                           on_step=(lambda: hooks("on_step", trainer)) if len(hooks) else None)
+            with modes(trainer.modules, True):  # steps in training mode; the mode found is restored after
+                train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup),
+                                               on_step=(lambda: hooks("on_step", trainer)) if len(hooks) else None)
             trainer.samples_per_second = trainer.epoch_points / _seconds_since(start, trainer.device)
             scores = trainer.evaluate()
-            row = {"epoch": epoch, "train_elbo": train_elbo,
+            row = {"epoch": epoch, "train_elbo": train_elbo / trainer.site_scale,
                    "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),
                    "reconstruction": scores["reconstruction"], "kl": scores["kl"],
                    "seconds": time.perf_counter() - start, "lr": trainer.lr,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .. import checks
 from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
+from ..inference.state import modes, modules_of
 from ..inference.traces import RngState
 from .gradients import format_gradient_variance, gradient_variance
 from .report import standard_error, text_table
@@ -119,6 +120,9 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
     ``sd_n`` (the datapoints that went into it), ``seconds`` (one evaluation over x) and ``note``.
     ``differences`` holds paired comparisons ``{"a", "b", "mean", "se"}`` of b − a datapoint by
     datapoint: every row against ``analytic_elbo r=1`` and each IWAE k against the next.
+
+    The estimators run with the model's modules in evaluation mode (Dropout off, BatchNorm on its
+    running statistics, left unchanged); their modes are restored afterwards.
     """
     data = vae.arguments(x, labels)
     vae.check_data(*data)
@@ -145,7 +149,8 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
 
     rng = RngState()
     rows, values = [], {}
-    with tqdm(total=total, disable=not progress, desc="estimators", unit="batch") as bar:
+    evaluation = modes(modules_of(vae.model, vae.guide), False)  # Dropout off, BatchNorm's statistics unchanged
+    with evaluation, tqdm(total=total, disable=not progress, desc="estimators", unit="batch") as bar:
         for name, pname, p, fn in specs:
             row = {"name": name, "label": f"{name} {pname}={p}", "parameter_name": pname, "parameter": p,
                    "available": True, "reason": None, "mean": None, "se": None, "estimator_sd": None,
@@ -169,6 +174,7 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
                 row["note"] = f"sd from a second draw on the first {m} of {n} datapoints"
             if keep_values:
                 row["values"] = a.tolist()
+        sites = analytic_sites(vae.model, vae.guide, *(t[:batch_size] for t in data))
 
     result = {
         "n": n,
@@ -177,7 +183,7 @@ def compare_estimators(vae, x: torch.Tensor, *, labels: Optional[torch.Tensor] =
         "common_random_numbers": bool(common_random_numbers),
         "rows": rows,
         "differences": _differences(values, ks),
-        "analytic_sites": analytic_sites(vae.model, vae.guide, *(t[:batch_size] for t in data)),
+        "analytic_sites": sites,
         "iw_samples_left_out": [k for k in all_k if k > max_k],
         "gradient_variance": None,
     }
