@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from pyrovae.errors import ConfigError, InputError, TrainingError
 from pyrovae.inference import distributed
 from pyrovae.inference.arguments import ModelArguments
 from pyrovae.inference.train import train
@@ -130,15 +133,80 @@ def test_shards_cover_each_global_minibatch_once():
     assert [len(p) for p in parts[0]] == [8, 8, 8, 8, 1] and [len(p) for p in parts[1]] == [8, 8, 8, 8, 1]
     for w, p0, p1 in zip(whole, *parts):
         assert torch.equal(torch.cat([p0, p1]), w)  # rank 0 the first half of the global minibatch, rank 1 the rest
-    # a last global minibatch smaller than the number of ranks is dropped on every rank
-    kept = distributed.shard_chunks([torch.arange(5), torch.arange(2)], 2, 3)
-    assert len(kept) == 1 and torch.equal(kept[0], torch.tensor([4]))
+    # a last global minibatch smaller than the number of ranks joins the one before: no point is dropped
+    chunks = [torch.arange(5), torch.arange(5, 7)]
+    shards = [distributed.shard_chunks(chunks, r, 3) for r in range(3)]
+    assert [[s.tolist() for s in shard] for shard in shards] == [[[0, 1, 2]], [[3, 4]], [[5, 6]]]
+
+
+@pytest.mark.parametrize("chunks", [list(torch.arange(3).split(1)), [torch.arange(1)]],
+                         ids=["batch_size-1", "one-point"])
+def test_minibatches_smaller_than_the_ranks_are_an_error_not_an_epoch_without_a_step(chunks):
+    with pytest.raises(ConfigError, match=r"a global minibatch of 1 point\(s\) cannot be shared by 2 processes .*"
+                                          r"set train.batch_size to at least 2"):
+        distributed.shard_chunks(chunks, 0, 2)
 
 
 def test_without_a_process_group_it_is_one_process():
     assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
     assert distributed.is_main() and distributed.average_step([], 3.5, 16) == (3.5, 16)
     assert distributed.gather_objects("x") == ["x"]
+
+
+def _failing_peer(rank, case, port, out):
+    """Rank 0 shares an error of its own with rank 1 (:func:`distributed.on_main`), then waits in a
+    collective while rank 1 exits (``case`` "killed") or stops answering ("stopped"); each rank
+    writes the line it got to ``out/<case>-rank<r>.txt``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), PYROVAE_DIST_TIMEOUT_MINUTES="0.05")  # 3 s
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu")
+    said = Path(out) / f"{case}-rank{rank}.txt"
+
+    def refuse():
+        raise InputError("RUN already holds a run")
+    try:
+        distributed.on_main(refuse)
+    except InputError as err:
+        said.write_text(str(err) + "\n")
+    if rank == 1:  # rank 0 is in its collective: exit at once, or answer nothing until it has given up
+        if case == "stopped":
+            while not (Path(out) / f"{case}-rank0.txt").read_text().count("\n") == 2:
+                time.sleep(0.05)
+        os._exit(0)
+    try:
+        with distributed.peers_watched():
+            distributed.barrier()
+    except TrainingError as err:
+        with open(said, "a") as f:
+            f.write(str(err) + "\n")
+    os._exit(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["killed", "stopped"])
+def test_a_failed_rank_is_named_in_one_line_by_the_others(tmp_path, case):
+    context = mp.start_processes(_failing_peer, args=(case, free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    for process in context.processes:
+        process.join(60)
+    rank0 = (tmp_path / f"{case}-rank0.txt").read_text().splitlines()
+    assert rank0[0] == (tmp_path / f"{case}-rank1.txt").read_text().strip() == "RUN already holds a run"
+    what = ("rank 1 did not answer for 0.05 minutes (PYROVAE_DIST_TIMEOUT_MINUTES): it is stopped or hung"
+            if case == "stopped" else "rank 1 stopped (killed, or failed: see its own error)")
+    assert rank0[1] == f"rank 0 of 2: {what}; this rank stops too. The last checkpoint is kept: --resume continues the run"
+
+
+def test_the_process_group_timeout_is_a_setting(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_VAR, raising=False)
+    assert distributed.default_timeout() == distributed.DEFAULT_TIMEOUT_MINUTES == 10
+    monkeypatch.setenv(distributed.TIMEOUT_VAR, "2.5")
+    assert distributed.default_timeout() == 2.5
+    for bad in ("0", "soon", "inf"):
+        monkeypatch.setenv(distributed.TIMEOUT_VAR, bad)
+        with pytest.raises(ConfigError, match=f"PYROVAE_DIST_TIMEOUT_MINUTES must be a positive number of minutes, "
+                                              f"got '{bad}'"):
+            distributed.default_timeout()
 
 
 @pytest.mark.slow
@@ -160,4 +228,11 @@ def test_torchrun_two_processes_write_one_run_dir(tmp_path):
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "metrics.csv").read_text().count("\n") == 3
+    # into the run again without --resume: every rank says the same line (none dies waiting for rank 0)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode != 0
+    said = [line for line in again.stderr.splitlines() if line.startswith("pyrovae: error: ")]
+    assert said == [f"pyrovae: error: {out} already holds a run; pass --resume to continue it or --force to "
+                    f"replace it"] * 2, again.stderr[-3000:]
+    assert "Connection closed" not in again.stderr and "pyrovae/app/cli.py" not in again.stderr  # torchrun's own report follows
     shutil.rmtree(out)

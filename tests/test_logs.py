@@ -2,6 +2,8 @@
 (metrics.csv, TensorBoard event files, an MLflow run), each read back with its own reader."""
 import csv
 import math
+import os
+import socket
 import sys
 from types import SimpleNamespace
 
@@ -211,6 +213,33 @@ def test_mlflow_run_holds_the_config_the_history_and_the_plots(tmp_path, monkeyp
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert logged == [(row["epoch"], pytest.approx(row[key], rel=1e-12)) for row in history]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["curves.png"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_server_down_or_unknown_scheme_is_one_line_naming_the_uri(tmp_path, monkeypatch, capsys):
+    """MLflow's errors are user errors: one line naming the URI; a server that is down is said
+    after one try (MLflow would otherwise retry for minutes)."""
+    pytest.importorskip("mlflow", reason="needs the mlflow extra: pip install 'pyrovae[mlflow]'")
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(InputError) as err:
+        logs.MLflowLogger(tmp_path, tracking_uri=down).on_train_start(SimpleNamespace(history=[]))
+    assert str(err.value) == (f"train.log = ['mlflow']: no MLflow tracking server answers at {down}: start it, or set "
+                              f"MLFLOW_TRACKING_URI to one that runs (unset: the local store mlruns/)")
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the quick first try set it for itself only
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "data.dataset=ppca", "--set", "train.epochs=1",
+                 "--set", "model.likelihood=gaussian-learned", "--set", 'train.log=["mlflow"]']) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # after a progress bar
+        "pyrovae: error: train.log = ['mlflow']: MLflow does not know the tracking URI 'foo://bar' (its scheme is not "
+        "one it supports: file, http, https, databricks, ...): set MLFLOW_TRACKING_URI to one, or unset it (the local "
+        "store mlruns/)")
 
 
 def test_unknown_writer_names_list_the_known_ones():

@@ -119,7 +119,8 @@ def cmd_train(args):
     cfg = config.load(args.config, args.overrides)
     distributed.init_from_env(cfg["train"]["device"])  # under torchrun: join the other ranks
     try:
-        _train(args, cfg)
+        with distributed.peers_watched():  # a rank killed or stopped: one line on the others
+            _train(args, cfg)
     finally:
         unlock_folder(args.out)  # the run dir prepare_run_dir held
         distributed.shutdown()
@@ -130,9 +131,7 @@ def _train(args, cfg):
     from ..inference import distributed
     from . import run
 
-    if distributed.is_main():
-        run.prepare_run_dir(args.out, resume=args.resume, force=args.force)
-    distributed.barrier()
+    distributed.on_main(run.prepare_run_dir, args.out, resume=args.resume, force=args.force)  # its error: every rank's
     if args.resume:
         cfg = run.saved_config(args.out, args.overrides)
         done = run.epochs_done(args.out)

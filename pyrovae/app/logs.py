@@ -24,6 +24,7 @@ A writer whose package is not installed is refused before anything is written, w
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import importlib.util
@@ -48,6 +49,8 @@ LOGGERS = Registry("logger", base=Callback)
 TENSORBOARD_TAGS = {"train_elbo": "elbo/train", "test_elbo": "elbo/test", "reconstruction": "elbo/reconstruction",
                     "kl": "elbo/kl", "lr": "train/lr", "samples_per_second": "train/samples_per_second",
                     "seconds": "train/seconds_per_epoch"}
+#: seconds MLflow waits for the tracking server at the first contact (no retries then)
+MLFLOW_FIRST_TIMEOUT = 10
 #: the tag a pyrovae MLflow run carries: the run dir's absolute path (how --resume finds the run)
 MLFLOW_RUN_DIR_TAG = "pyrovae.run_dir"
 
@@ -250,11 +253,34 @@ class MLflowLogger(Callback):
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "pyrovae"
         self.client, self.run_id, self.logged = None, None, 0
 
+    @contextlib.contextmanager
+    def _said(self, first: bool = False):
+        """MLflow's errors as one InputError line naming the tracking URI. With ``first`` (the first
+        contact) MLflow tries once, waiting :data:`MLFLOW_FIRST_TIMEOUT` seconds, unless the user
+        set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT``: a server that is down is said at
+        once, not after minutes of retries."""
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(MLFLOW_FIRST_TIMEOUT)}
+        added = [k for k in quick if first and k not in os.environ]
+        os.environ.update({k: quick[k] for k in added})
+        try:
+            yield
+        except self.mlflow.exceptions.MlflowException as err:
+            raise InputError(mlflow_problem(self.tracking_uri, err)) from None
+        finally:
+            for k in added:
+                os.environ.pop(k, None)
+
     def on_train_start(self, state) -> None:
         if self.tracking_uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = self.mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        found = self.client.get_experiment_by_name(self.experiment)
+        with self._said(first=True):
+            self.client = self.mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+            found = self.client.get_experiment_by_name(self.experiment)
+        with self._said():
+            self._start(state, found)
+
+    def _start(self, state, found) -> None:
+        """Create (or, resuming, continue) the MLflow run of experiment ``found`` (None: create it)."""
         experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
         run = self._run_to_continue(experiment_id) if state.history else None
         if run is None:
@@ -283,19 +309,35 @@ class MLflowLogger(Callback):
         self.logged = row["epoch"]
 
     def on_epoch_end(self, state) -> None:
-        self._log_row(state.history[-1])
+        with self._said():
+            self._log_row(state.history[-1])
 
     def on_train_end(self, state) -> None:
         if self.client is None or self.run_id is None:
             return
         status = ("FINISHED" if state.error is None else
                   "KILLED" if isinstance(state.error, KeyboardInterrupt) else "FAILED")
-        self.client.set_terminated(self.run_id, status)
+        with self._said():
+            self.client.set_terminated(self.run_id, status)
 
     def log_outputs(self, paths: Iterable) -> None:
         """Log the files ``paths`` as artifacts of the run (also after it has ended)."""
-        for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
+        with self._said():
+            for path in paths:
+                self.client.log_artifact(self.run_id, str(path))
+
+
+def mlflow_problem(uri: str, err: Exception) -> str:
+    """One line for an MLflow error at tracking URI ``uri``: what failed and what to do."""
+    text = " ".join(str(err).split())
+    if "unsupported URI" in text or "Unsupported URI" in text or "Could not find a registered" in text:
+        return (f"train.log = ['mlflow']: MLflow does not know the tracking URI {uri!r} (its scheme is not one it "
+                f"supports: file, http, https, databricks, ...): set MLFLOW_TRACKING_URI to one, or unset it "
+                f"(the local store mlruns/)")
+    if "API request to" in text and ("failed with exception" in text or "Max retries" in text):
+        return (f"train.log = ['mlflow']: no MLflow tracking server answers at {uri}: start it, or set "
+                f"MLFLOW_TRACKING_URI to one that runs (unset: the local store mlruns/)")
+    return f"train.log = ['mlflow']: MLflow at {uri} failed: {text[:300]}"
 
 
 def log_outputs(loggers: Iterable, paths: Iterable) -> None:

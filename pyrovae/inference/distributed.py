@@ -11,7 +11,9 @@ What one step does on W ranks (:class:`pyrovae.inference.train.Trainer`):
 * Data. Every epoch's permutation is the same on every rank (seeded by the data's seed and the
   epoch); it is cut into global minibatches of B, and rank r takes part r of each
   (:func:`shard_chunks`: ``chunk.tensor_split(W)[r]``, sizes b_r differing by at most one). A last
-  global minibatch of fewer than W points is dropped (at most W − 1 points an epoch, others each epoch).
+  global minibatch of fewer than W points joins the one before it, so every point is used every
+  epoch; minibatches smaller than W (``train.batch_size`` < W) are a ConfigError, not an epoch
+  without a step.
 * Gradients. Rank r's loss is ℓ_r = (N/b_r) Σ_{i ∈ shard r} ℓ_i (each minibatch scaled to the data
   set, ``ScaleData``), so its gradient is g_r = (N/b_r) Σ_{i ∈ r} ∇ℓ_i. One all-reduce sums
   b_r·g_r, b_r·ℓ_r and b_r over the ranks (:func:`average_step`) and every rank takes
@@ -32,12 +34,13 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PyrovaeError, TrainingError
 
 #: the variables torchrun sets (MASTER_PORT too) that :func:`init_from_env` reads
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
@@ -73,7 +76,31 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init_from_env(device: Optional[str] = None, timeout_minutes: float = 30.0) -> bool:
+#: the environment variable that sets how long a rank waits for the others in a collective, in minutes
+TIMEOUT_VAR = "PYROVAE_DIST_TIMEOUT_MINUTES"
+#: its default: long enough for rank 0's checkpoints and plots while the others wait, short enough
+#: that a stopped rank does not hold the others for torch's 30 minutes
+DEFAULT_TIMEOUT_MINUTES = 10.0
+#: the timeout this process joined its group with (:func:`init_from_env`)
+_WAIT: Dict[str, Optional[float]] = {"minutes": None}
+
+
+def default_timeout() -> float:
+    """How long a rank waits for the others: ``$PYROVAE_DIST_TIMEOUT_MINUTES``, else
+    :data:`DEFAULT_TIMEOUT_MINUTES`; ConfigError unless a positive number."""
+    text = os.environ.get(TIMEOUT_VAR, "")
+    if not text:
+        return DEFAULT_TIMEOUT_MINUTES
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{TIMEOUT_VAR} must be a positive number of minutes, got {text!r}")
+    return value
+
+
+def init_from_env(device: Optional[str] = None, timeout_minutes: Optional[float] = None) -> bool:
     """Join the process group torchrun described in the environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); returns True when there are several processes.
 
@@ -81,6 +108,7 @@ def init_from_env(device: Optional[str] = None, timeout_minutes: float = 30.0) -
     on CUDA each rank uses GPU ``LOCAL_RANK`` (``torch.cuda.set_device``) and NCCL, else gloo.
     Without the variables, or with WORLD_SIZE = 1, nothing is done. A ConfigError names a variable
     that is missing or not an integer, or a CUDA run with more local ranks than GPUs.
+    ``timeout_minutes``: how long a collective waits for a rank (default :func:`default_timeout`).
     """
     if not launched() or dist.is_initialized():
         return active()
@@ -98,9 +126,61 @@ def init_from_env(device: Optional[str] = None, timeout_minutes: float = 30.0) -
             raise ConfigError(f"LOCAL_RANK {local} has no GPU: this node has {torch.cuda.device_count()}; "
                               f"run at most that many processes per node (--nproc_per_node)")
         torch.cuda.set_device(local)
+    _WAIT["minutes"] = timeout_minutes if timeout_minutes is not None else default_timeout()
     dist.init_process_group(backend_for(torch.device("cuda" if use_cuda else "cpu")),
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+                            timeout=datetime.timedelta(minutes=_WAIT["minutes"]))
     return active()
+
+
+def on_main(fn: Callable, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` on rank 0 alone (e.g. preparing the run dir), the others waiting; a
+    user error it raises (a PyrovaeError, an OSError) is raised on every rank, so each says the
+    same line instead of waiting for a rank that has stopped."""
+    error = None
+    if is_main():
+        try:
+            fn(*args, **kwargs)
+        except (PyrovaeError, OSError) as err:
+            error = err
+    if active():
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)  # among this run's own processes
+        error = shared[0]
+    if error is not None:
+        raise error
+
+
+def _lost_peer(err: BaseException) -> str:
+    """'timeout' or 'lost' when ``err`` is a collective that failed for want of another rank, else ''."""
+    text = str(err)
+    if not isinstance(err, dist.DistError) and not (isinstance(err, RuntimeError) and "gloo" in text.lower()):
+        return ""
+    return "timeout" if "timed out" in text.lower() or "timeout" in text.lower() else "lost"
+
+
+def _others() -> str:
+    others = [r for r in range(world_size()) if r != rank()]
+    return f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+
+
+@contextmanager
+def peers_watched():
+    """Within the block, a collective that fails because another rank was killed, failed or
+    stopped answering becomes one TrainingError line naming it (and the timeout, when that fired);
+    the last checkpoint stays as it was."""
+    try:
+        yield
+    except RuntimeError as err:
+        kind = _lost_peer(err) if active() else ""
+        if not kind:
+            raise
+        if kind == "timeout":
+            what = (f"{_others()} did not answer for {_WAIT['minutes'] or default_timeout():g} minutes ({TIMEOUT_VAR}): it is stopped "
+                    f"or hung")
+        else:
+            what = f"{_others()} stopped (killed, or failed: see its own error)"
+        raise TrainingError(f"rank {rank()} of {world_size()}: {what}; this rank stops too. The last checkpoint "
+                            f"is kept: --resume continues the run") from None
 
 
 def shutdown() -> None:
@@ -124,9 +204,18 @@ def _collective_device() -> torch.device:
 # -- data ---------------------------------------------------------------------------------------------
 def shard_chunks(chunks: Iterable[torch.Tensor], rank_: int, world: int) -> List[torch.Tensor]:
     """Rank ``rank_``'s part of each global minibatch of indices: ``chunk.tensor_split(world)[rank_]``
-    (contiguous, sizes differing by at most one); a chunk of fewer than ``world`` indices is dropped
-    on every rank, so that no rank runs an empty minibatch."""
-    return [c.tensor_split(world)[rank_] for c in chunks if len(c) >= world]
+    (contiguous, sizes differing by at most one). A last chunk of fewer than ``world`` indices
+    joins the one before it (that global minibatch has B + r points, r < W: no point is left out
+    and no rank runs an empty minibatch). ConfigError when a chunk still has fewer than ``world``
+    (minibatches, or the data, smaller than the number of processes): no rank could take a step."""
+    chunks = list(chunks)
+    if len(chunks) > 1 and len(chunks[-1]) < world:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    if any(len(c) < world for c in chunks):
+        raise ConfigError(f"a global minibatch of {min(len(c) for c in chunks)} point(s) cannot be shared by "
+                          f"{world} processes (each needs at least one): set train.batch_size to at least "
+                          f"{world}, with at least {world} datapoints, or run fewer processes")
+    return [c.tensor_split(world)[rank_] for c in chunks]
 
 
 def shard_of(n: int) -> range:
