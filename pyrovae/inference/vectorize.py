@@ -31,6 +31,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from pyro import poutine
+from pyro.poutine.replay_messenger import ReplayMessenger
 from torch import nn
 
 from ..errors import PyrovaeError
@@ -87,6 +88,19 @@ def _replay_trace(guide_trace, nesting: int, j: int, keep: bool) -> poutine.Trac
     return out
 
 
+class _ReplayParticle(ReplayMessenger):
+    """``poutine.replay`` of one particle's values, each stripped of the leading size-1 dimensions
+    its site's own shape (batch + event) lacks: a global site's draw [1, L] is replayed as [L]."""
+
+    def _pyro_sample(self, msg):
+        super()._pyro_sample(msg)
+        if msg["name"] in self.trace and not msg["is_observed"]:
+            value, dims = msg["value"], len(msg["fn"].shape())
+            while value.dim() > dims and value.shape[0] == 1:
+                value = value[0]
+            msg["value"] = value
+
+
 def _run(model, guide, args, kwargs, nesting, enumerate_, num_particles):
     if enumerate_:
         return enum_traces(model, guide, num_particles, nesting, *args, **kwargs)
@@ -123,7 +137,7 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
             raise
         return f"the vectorized run fails ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     for j in range(CHECK_PARTICLES):
-        replayed = poutine.replay(guide, trace=_replay_trace(vectorized[1], nesting, j, enumerate_))
+        replayed = _ReplayParticle(trace=_replay_trace(vectorized[1], nesting, j, enumerate_))(guide)
         try:
             sequential = _run(model, replayed, args, kwargs, nesting, enumerate_, None)
         except (RuntimeError, ValueError, IndexError) as e:
