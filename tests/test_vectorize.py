@@ -99,7 +99,7 @@ def test_a_mismatch_warns_once_naming_the_pair_and_the_site():
     pyro.clear_param_store()
     net = BatchNormDecoder().eval()
     x = data(WIDTH)
-    with pytest.warns(UserWarning, match=r"BatchNormDecoder.model/BatchNormDecoder.guide.*site 'x'"):
+    with pytest.warns(UserWarning, match=r"BatchNormDecoder.model/BatchNormDecoder.guide .*differ.*site 'x'"):
         assert not particles_agree(net.model, net.guide, (x,), {}, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -135,7 +135,7 @@ def test_training_decides_vectorize_particles_by_the_same_check(batch):
     trainer = Trainer(net.model, net.guide, x, batch_size=batch, elbo="trace", num_particles=3, test_data=None,
                       device="cpu")
     assert trainer.elbo.vectorize_particles
-    with pytest.warns(UserWarning, match="training will run the particles one at a time"):
+    with pytest.warns(UserWarning, match="training runs them one at a time"):
         loss = trainer.step((x,))
     assert not trainer.elbo.vectorize_particles and trainer.fast is None and math.isfinite(loss)
 

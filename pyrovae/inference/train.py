@@ -434,7 +434,7 @@ class Trainer:
         if not getattr(self.elbo, "vectorize_particles", False) or self.elbo.num_particles == 1:
             return
         if not particles_agree(*self.plain_pair, args, kwargs, self.nesting, isinstance(self.elbo, TraceEnum_ELBO),
-                               what="training will"):
+                               what="training runs them"):
             self.elbo.vectorize_particles = False
             self.fast = self.fast and FastStep.for_elbo(self.elbo)  # none for particles in a loop
 

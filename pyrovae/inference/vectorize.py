@@ -135,7 +135,7 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
     except (RuntimeError, ValueError, IndexError) as e:
         if isinstance(e, PyrovaeError):
             raise
-        return f"the vectorized run fails ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"cannot run its particles vectorized ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     for j in range(CHECK_PARTICLES):
         replayed = _ReplayParticle(trace=_replay_trace(vectorized[1], nesting, j, enumerate_))(guide)
         try:
@@ -146,17 +146,19 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
             return None  # the one-at-a-time run cannot run either: nothing to fall back to
         problem = _first_difference(vectorized, sequential, nesting, j, enumerate_)
         if problem is not None:
-            return problem
+            return (f"its vectorized particles differ from the same draws run one at a time ({problem}: a network "
+                    f"that does not broadcast over a leading particle dimension?)")
     return None
 
 
 def particles_agree(model, guide, args: tuple, kwargs: dict, nesting: int, enumerate_: bool = False,
-                    what: str = "the estimators") -> bool:
+                    what: str = "the estimators run them") -> bool:
     """Whether ``model``/``guide`` on these arguments give, with particles vectorized, the values of
     the same draws run one particle at a time (module doc); ``nesting`` is the number of the pair's
     plate dimensions, ``enumerate_`` whether its marked sites are enumerated
     (:func:`~pyrovae.inference.traces.enum_traces`). Checked once per pair, input shapes and
-    module modes; a False verdict warns once, naming the pair, ``what`` runs one at a time, and why.
+    module modes; a False verdict warns once, naming the pair, why, and ``what`` (who runs the
+    particles) one at a time.
     Leaves parameters, buffers, modes and the random state as it found them."""
     modules = modules_of(model, guide)
     key = _key(model, guide, args, kwargs, nesting, enumerate_, modules)
@@ -170,7 +172,5 @@ def particles_agree(model, guide, args: tuple, kwargs: dict, nesting: int, enume
             problem = _verdict(model, guide, args, kwargs, nesting, enumerate_)
         cache[key] = problem is None
         if problem is not None:
-            warnings.warn(f"{_name(model)}/{_name(guide)}: vectorized particles are not those of the same draws "
-                          f"run one at a time ({problem}; a network that does not broadcast over a leading "
-                          f"particle dimension?); {what} run the particles one at a time", stacklevel=3)
+            warnings.warn(f"the pair {_name(model)}/{_name(guide)} {problem}; {what} one at a time", stacklevel=3)
     return cache[key]
