@@ -32,6 +32,7 @@ from pyrovae import analytic_elbo, iwae_bound, mc_elbo
 from pyrovae.errors import InputTypeError, PairError
 from pyrovae.inference.callbacks import Callback
 from pyrovae.inference.estimators import elbo_parts, log_weights
+from pyrovae.inference.pairs import check_pair_on
 from pyrovae.inference.state import Snapshot, modules_of
 from pyrovae.inference.train import Trainer
 
@@ -214,6 +215,19 @@ def test_estimators_leave_buffers_and_modes_in_eval_and_move_them_once_in_traini
     assert net.training
     assert net.encoder.bn_mu.num_batches_tracked.item() == 3
     assert net.decoder.bn.num_batches_tracked.item() == 3
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_the_pair_check_leaves_parameters_buffers_modes_and_random_state(training):
+    pyro.clear_param_store()
+    net, docs = TopicModel().train(training), documents(V)
+    check_pair_on(net.model, net.guide, docs)  # creates the pair's parameters in the store
+    before, rng = Snapshot(modules_of(net.model, net.guide)), torch.get_rng_state()
+    check_pair_on(net.model, net.guide, docs)
+    assert all(torch.equal(t, saved) for t, saved in before.tensors)  # every parameter and buffer
+    assert [m.training for m in before.subs] == [training] * len(before.subs)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert net.decoder.bn.num_batches_tracked.item() == 0
 
 
 # -- the trainer: modes, buffers, units ----------------------------------------------------------
