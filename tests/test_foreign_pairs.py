@@ -349,3 +349,11 @@ def test_a_number_after_the_data_names_the_option(estimator, option):
     with pytest.raises(InputTypeError, match=rf"{option}=10\b") as e:
         estimator(net.model, net.guide, documents(4), 10)
     assert "\n" not in str(e.value)
+
+
+def test_sites_scaled_by_different_factors_leave_train_elbo_in_scaled_units_with_a_warning():
+    pyro.clear_param_store()
+    net = TopicModel()
+    with pytest.warns(UserWarning, match="different factors.*train_elbo is in the pair's scaled units"):
+        Trainer(poutine.scale(net.model, scale=0.5), net.guide, documents(V + 1), batch_size=V + 1, elbo="trace",
+                num_particles=1, test_data=None, device="cpu")
