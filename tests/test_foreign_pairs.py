@@ -357,3 +357,20 @@ def test_sites_scaled_by_different_factors_leave_train_elbo_in_scaled_units_with
     with pytest.warns(UserWarning, match="different factors.*train_elbo is in the pair's scaled units"):
         Trainer(poutine.scale(net.model, scale=0.5), net.guide, documents(V + 1), batch_size=V + 1, elbo="trace",
                 num_particles=1, test_data=None, device="cpu")
+
+
+def test_compare_scores_in_evaluation_mode_and_restores_the_mode():
+    from pyrovae import VAE
+    from pyrovae.lab.compare import compare_estimators
+
+    torch.manual_seed(1)
+    vae = VAE((6, 5), 3, hidden=(16,)).double().train()
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen.append(m.training)) for m in vae.modules()
+             if isinstance(m, nn.Linear)]
+    x = torch.rand(8, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    compare_estimators(vae, x, particles=(1,), iw_samples=(2,), max_k=2, batch_size=8, seed=0)
+    for h in hooks:
+        h.remove()
+    assert seen and not any(seen)
+    assert all(m.training for m in vae.modules())

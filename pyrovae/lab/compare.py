@@ -71,7 +71,7 @@ def _closed_form_problem(vae, data: tuple) -> Optional[str]:
     if len(data) > 1:
         return "closed_form_elbo is written for the plain VAE, whose model takes x alone"
     try:
-        with preserved_rng(), torch.no_grad():
+        with preserved_rng(), torch.no_grad(), modes(modules_of(vae.model, vae.guide), False):
             closed_form_elbo(vae, data[0][:1])
     except ValueError as e:
         return str(e)
