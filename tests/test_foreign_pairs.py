@@ -32,6 +32,7 @@ from pyrovae import analytic_elbo, iwae_bound, mc_elbo
 from pyrovae.errors import InputTypeError, PairError
 from pyrovae.inference.callbacks import Callback
 from pyrovae.inference.estimators import elbo_parts, log_weights
+from pyrovae.inference.pairs import check_pair_on
 from pyrovae.inference.state import Snapshot, modules_of
 from pyrovae.inference.train import Trainer
 
@@ -216,6 +217,19 @@ def test_estimators_leave_buffers_and_modes_in_eval_and_move_them_once_in_traini
     assert net.decoder.bn.num_batches_tracked.item() == 3
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_the_pair_check_leaves_parameters_buffers_modes_and_random_state(training):
+    pyro.clear_param_store()
+    net, docs = TopicModel().train(training), documents(V)
+    check_pair_on(net.model, net.guide, docs)  # creates the pair's parameters in the store
+    before, rng = Snapshot(modules_of(net.model, net.guide)), torch.get_rng_state()
+    check_pair_on(net.model, net.guide, docs)
+    assert all(torch.equal(t, saved) for t, saved in before.tensors)  # every parameter and buffer
+    assert [m.training for m in before.subs] == [training] * len(before.subs)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert net.decoder.bn.num_batches_tracked.item() == 0
+
+
 # -- the trainer: modes, buffers, units ----------------------------------------------------------
 class Watch(Callback):
     """What the steps and the evaluation see: modes at every step, buffers after the last step and after the epoch."""
@@ -335,3 +349,28 @@ def test_a_number_after_the_data_names_the_option(estimator, option):
     with pytest.raises(InputTypeError, match=rf"{option}=10\b") as e:
         estimator(net.model, net.guide, documents(4), 10)
     assert "\n" not in str(e.value)
+
+
+def test_sites_scaled_by_different_factors_leave_train_elbo_in_scaled_units_with_a_warning():
+    pyro.clear_param_store()
+    net = TopicModel()
+    with pytest.warns(UserWarning, match="different factors.*train_elbo is in the pair's scaled units"):
+        Trainer(poutine.scale(net.model, scale=0.5), net.guide, documents(V + 1), batch_size=V + 1, elbo="trace",
+                num_particles=1, test_data=None, device="cpu")
+
+
+def test_compare_scores_in_evaluation_mode_and_restores_the_mode():
+    from pyrovae import VAE
+    from pyrovae.lab.compare import compare_estimators
+
+    torch.manual_seed(1)
+    vae = VAE((6, 5), 3, hidden=(16,)).double().train()
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen.append(m.training)) for m in vae.modules()
+             if isinstance(m, nn.Linear)]
+    x = torch.rand(8, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    compare_estimators(vae, x, particles=(1,), iw_samples=(2,), max_k=2, batch_size=8, seed=0)
+    for h in hooks:
+        h.remove()
+    assert seen and not any(seen)
+    assert all(m.training for m in vae.modules())

@@ -99,7 +99,7 @@ def test_a_mismatch_warns_once_naming_the_pair_and_the_site():
     pyro.clear_param_store()
     net = BatchNormDecoder().eval()
     x = data(WIDTH)
-    with pytest.warns(UserWarning, match=r"BatchNormDecoder.model/BatchNormDecoder.guide.*site 'x'"):
+    with pytest.warns(UserWarning, match=r"BatchNormDecoder.model/BatchNormDecoder.guide .*differ.*site 'x'"):
         assert not particles_agree(net.model, net.guide, (x,), {}, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -121,3 +121,35 @@ def test_the_check_leaves_parameters_buffers_modes_and_random_state(training):
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(before.tensors, after.tensors))
     assert torch.equal(before.cpu, after.cpu)
     assert net.decoder[1].num_batches_tracked.item() == 0
+
+
+@pytest.mark.parametrize("batch", [WIDTH, 2 * WIDTH])
+def test_training_decides_vectorize_particles_by_the_same_check(batch):
+    """At B = W the decoder's vectorized particles are wrong without an error: training runs them one
+    at a time (with a warning). At another batch size the vectorized run fails outright: the same."""
+    from pyrovae.inference.train import Trainer
+
+    pyro.clear_param_store()
+    net = BatchNormDecoder().train()
+    x = data(batch)
+    trainer = Trainer(net.model, net.guide, x, batch_size=batch, elbo="trace", num_particles=3, test_data=None,
+                      device="cpu")
+    assert trainer.elbo.vectorize_particles
+    with pytest.warns(UserWarning, match="training runs them one at a time"):
+        loss = trainer.step((x,))
+    assert not trainer.elbo.vectorize_particles and trainer.fast is None and math.isfinite(loss)
+
+
+def test_training_keeps_vectorized_particles_that_agree():
+    from pyrovae.inference.train import Trainer
+
+    pyro.clear_param_store()
+    net = BatchNormDecoder().train()
+    net.decoder[1] = nn.Identity()  # no BatchNorm: the decoder broadcasts over particles
+    x = data(WIDTH)
+    trainer = Trainer(net.model, net.guide, x, batch_size=WIDTH, elbo="trace", num_particles=3, test_data=None,
+                      device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.step((x,))
+    assert trainer.elbo.vectorize_particles

@@ -413,7 +413,7 @@ def log_weights(model, guide, *args, num_particles: int = 1, analytic: bool = Fa
     With enumerated guide sites y (module docstring), log w = logsumexp_e [log p(x, y_e, z_e) −
     log q(z_e|x, y_e)], y summed out (and the sites the model enumerates summed out of p); with
     ``analytic=True`` each row is instead the particle's ELBO Σ_e q(e) T_e, so that the mean of the
-    rows is :func:`analytic_elbo` in either case.
+    rows is :func:`analytic_elbo` in either case; the networks run in the mode the caller left them (``.eval()`` for the model's ELBO; module docstring).
     """
     checks.positive_int("num_particles", num_particles)
     reduce = _expected if analytic else _importance
@@ -437,7 +437,8 @@ def mc_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optional[st
     ``model(*args, **kwargs)``, e.g. ``mc_elbo(cvae.model, cvae.guide, x, y, num_particles=10)``.
     Enumerated guide sites y are summed exactly, 1/r Σ_j Σ_e q(y_e|x) [log p(x, y_e, z_je) −
     log q(y_e|x) − log q(z_je|x, y_e)] (the estimate TraceEnum_ELBO computes), sites the model
-    enumerates are summed out of p (module docstring); others are sampled.
+    enumerates are summed out of p (module docstring); others are sampled. As in every estimator,
+    the networks run in the mode the caller left them (``.eval()`` for the model's ELBO; module docstring).
     """
     return _elbo_rows(model, guide, args, kwargs, num_particles, False, data_plate).mean(0)
 
@@ -449,7 +450,7 @@ def analytic_elbo(model, guide, *args, num_particles: int = 1, data_plate: Optio
     Latent sites whose (guide, prior) pair has a registered ``kl_divergence`` use it (as
     TraceMeanField_ELBO does); the others are estimated by Monte Carlo. See :func:`analytic_sites`.
     Enumerated guide sites are summed exactly, each weighted by q(e), as in :func:`mc_elbo`; a
-    site whose KL depends on a site the model enumerates is estimated by Monte Carlo.
+    site whose KL depends on a site the model enumerates is estimated by Monte Carlo; the networks run in the mode the caller left them (``.eval()`` for the model's ELBO; module docstring).
     """
     return _elbo_rows(model, guide, args, kwargs, num_particles, True, data_plate).mean(0)
 
@@ -468,7 +469,8 @@ def elbo_parts(model, guide, *args, num_particles: int = 1, data_plate: Optional
 
     ``reconstruction`` = 1/r Σ_j log p(x | z_j) (the observed sites), ``kl`` = KL(q ‖ p) of the
     latent sites, in closed form where registered (as :func:`analytic_elbo`), else by Monte Carlo.
-    Enumerated guide sites are summed exactly: each part is weighted by q(e) (module docstring).
+    Enumerated guide sites are summed exactly: each part is weighted by q(e) (module docstring);
+    the networks run in the mode the caller left them (``.eval()`` for the model's ELBO; module docstring).
     """
     checks.positive_int("num_particles", num_particles)
     recon, latent = [], []

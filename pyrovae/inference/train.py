@@ -44,13 +44,12 @@ from .arguments import ModelArguments, batch_size_of
 from .callbacks import Callbacks
 from .elbos import MeanField_ELBO, make_elbo
 from .optim import OptimizerSettings, set_lr
-from .pathwise import DReG_IWAE
+from .pathwise import DReG_IWAE, STL_ELBO
 from .precision import with_precision
 from .estimators import elbo_parts
 from .faststep import FastStep
 from .tracedstep import TracedStep, traced_mode, traces_pair
 from .pairs import check_pair_on, check_reparameterized, own_scale
-from .pathwise import STL_ELBO
 from .state import modes, modules_of
 from .traces import PARTICLE_PLATES, nesting_of, params_of
 from .vectorize import particles_agree
@@ -434,7 +433,7 @@ class Trainer:
         if not getattr(self.elbo, "vectorize_particles", False) or self.elbo.num_particles == 1:
             return
         if not particles_agree(*self.plain_pair, args, kwargs, self.nesting, isinstance(self.elbo, TraceEnum_ELBO),
-                               what="training will"):
+                               what="training runs them"):
             self.elbo.vectorize_particles = False
             self.fast = self.fast and FastStep.for_elbo(self.elbo)  # none for particles in a loop
 

@@ -31,6 +31,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from pyro import poutine
+from pyro.poutine.replay_messenger import ReplayMessenger
 from torch import nn
 
 from ..errors import PyrovaeError
@@ -87,6 +88,19 @@ def _replay_trace(guide_trace, nesting: int, j: int, keep: bool) -> poutine.Trac
     return out
 
 
+class _ReplayParticle(ReplayMessenger):
+    """``poutine.replay`` of one particle's values, each stripped of the leading size-1 dimensions
+    its site's own shape (batch + event) lacks: a global site's draw [1, L] is replayed as [L]."""
+
+    def _pyro_sample(self, msg):
+        super()._pyro_sample(msg)
+        if msg["name"] in self.trace and not msg["is_observed"]:
+            value, dims = msg["value"], len(msg["fn"].shape())
+            while value.dim() > dims and value.shape[0] == 1:
+                value = value[0]
+            msg["value"] = value
+
+
 def _run(model, guide, args, kwargs, nesting, enumerate_, num_particles):
     if enumerate_:
         return enum_traces(model, guide, num_particles, nesting, *args, **kwargs)
@@ -121,9 +135,9 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
     except (RuntimeError, ValueError, IndexError) as e:
         if isinstance(e, PyrovaeError):
             raise
-        return f"the vectorized run fails ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"cannot run its particles vectorized ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     for j in range(CHECK_PARTICLES):
-        replayed = poutine.replay(guide, trace=_replay_trace(vectorized[1], nesting, j, enumerate_))
+        replayed = _ReplayParticle(trace=_replay_trace(vectorized[1], nesting, j, enumerate_))(guide)
         try:
             sequential = _run(model, replayed, args, kwargs, nesting, enumerate_, None)
         except (RuntimeError, ValueError, IndexError) as e:
@@ -132,17 +146,19 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
             return None  # the one-at-a-time run cannot run either: nothing to fall back to
         problem = _first_difference(vectorized, sequential, nesting, j, enumerate_)
         if problem is not None:
-            return problem
+            return (f"its vectorized particles differ from the same draws run one at a time ({problem}: a network "
+                    f"that does not broadcast over a leading particle dimension?)")
     return None
 
 
 def particles_agree(model, guide, args: tuple, kwargs: dict, nesting: int, enumerate_: bool = False,
-                    what: str = "the estimators") -> bool:
+                    what: str = "the estimators run them") -> bool:
     """Whether ``model``/``guide`` on these arguments give, with particles vectorized, the values of
     the same draws run one particle at a time (module doc); ``nesting`` is the number of the pair's
     plate dimensions, ``enumerate_`` whether its marked sites are enumerated
     (:func:`~pyrovae.inference.traces.enum_traces`). Checked once per pair, input shapes and
-    module modes; a False verdict warns once, naming the pair, ``what`` runs one at a time, and why.
+    module modes; a False verdict warns once, naming the pair, why, and ``what`` (who runs the
+    particles) one at a time.
     Leaves parameters, buffers, modes and the random state as it found them."""
     modules = modules_of(model, guide)
     key = _key(model, guide, args, kwargs, nesting, enumerate_, modules)
@@ -156,7 +172,5 @@ def particles_agree(model, guide, args: tuple, kwargs: dict, nesting: int, enume
             problem = _verdict(model, guide, args, kwargs, nesting, enumerate_)
         cache[key] = problem is None
         if problem is not None:
-            warnings.warn(f"{_name(model)}/{_name(guide)}: vectorized particles are not those of the same draws "
-                          f"run one at a time ({problem}; a network that does not broadcast over a leading "
-                          f"particle dimension?); {what} run the particles one at a time", stacklevel=3)
+            warnings.warn(f"the pair {_name(model)}/{_name(guide)} {problem}; {what} one at a time", stacklevel=3)
     return cache[key]
