@@ -28,7 +28,8 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyrovae import VAE
+from pyrovae import VAE, TwoLayerVAE
+from pyrovae.errors import InputError
 from pyrovae.lab.gradients import NonReparam, format_gradient_variance, gradient_variance
 
 BATCH = 8
@@ -145,6 +146,31 @@ def test_non_reparam_sites_are_detached_and_baselined():
 def test_other_families(guide):
     result = gradient_variance(small_vae(guide=guide), batch(), num_draws=10, warmup=5, seed=0)
     assert result["variance_ratio"]["score/reparam"] > 10
+
+
+def test_two_layer_vae_encoder_is_both_layers_encoders_and_families():
+    """φ of the two-layer VAE (which has no ``encoder`` attribute) is what its guide registers:
+    encoder1, family1, encoder2, family2; θ is the rest. Its reparameterized gradient is far less
+    noisy than the score function's here too (margin 10: the VAE's ratios are in the thousands)."""
+    torch.manual_seed(1)
+    vae = TwoLayerVAE((6, 5), (4, 2), hidden=((16,), (8,))).double()
+    result = gradient_variance(vae, batch(), num_draws=10, warmup=5, seed=0)
+    guide_params = {id(p) for name in ("encoder1", "family1", "encoder2", "family2")
+                    for p in getattr(vae, name).parameters()}
+    assert result["num_parameters"] == sum(p.numel() for p in vae.parameters() if id(p) in guide_params)
+    assert {id(p) for p in vae.decoder_parameters()} == {id(p) for p in vae.parameters()} - guide_params
+    assert result["variance_ratio"]["score/reparam"] > 10
+
+
+def test_a_family_without_encoder_modules_says_so_in_one_line():
+    """A user's family whose modules are named otherwise has no φ by the default rule: InputError."""
+    class Renamed(VAE):
+        pass
+    vae = small_vae()
+    renamed = Renamed.__new__(Renamed)
+    renamed.__dict__ = dict(vae.__dict__, _modules={f"net_{k}": m for k, m in vae._modules.items()})
+    with pytest.raises(InputError, match="no trainable encoder parameters"):
+        gradient_variance(renamed, batch(), num_draws=2)
 
 
 def test_iaf_family_in_float32():
