@@ -171,7 +171,8 @@ def _failing_peer(rank, case, port, out):
         said.write_text(str(err) + "\n")
     if rank == 1:  # rank 0 is in its collective: exit at once, or answer nothing until it has given up
         if case == "stopped":
-            while not (Path(out) / f"{case}-rank0.txt").read_text().count("\n") == 2:
+            done = Path(out) / f"{case}-rank0.txt"
+            while not (done.exists() and done.read_text().count("\n") == 2):
                 time.sleep(0.05)
         os._exit(0)
     try:
