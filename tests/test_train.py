@@ -245,7 +245,7 @@ def test_kl_warmup_in_training():
 def test_fused_adam_takes_adams_steps():
     """The trainer's Adam (fused on CPU; β1, β2, ε settable) moves parameters as torch's reference Adam does."""
     from pyrovae.inference.optim import OptimizerSettings
-    settings = OptimizerSettings(lr=0.01, betas=(0.5, 0.9), eps=1e-4)
+    settings = OptimizerSettings(lr=0.01, adam_beta1=0.5, adam_beta2=0.9, adam_eps=1e-4)
     make_adam = lambda p, lr: settings.adam(p)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     start, grads = torch.randn(5, 3, generator=g), [torch.randn(5, 3, generator=g) for _ in range(4)]

@@ -27,6 +27,7 @@ import torch
 from ..data import OPTION_DEFAULTS, is_image_dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, InputError
 from ..files import write_text
+from ..schema import switch
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
@@ -327,12 +328,9 @@ def should_compile(choice, samples: int, device: torch.device) -> bool:
     """Whether ``evaluate`` runs compiled (:mod:`pyrovae.model.compiled`). ``choice`` True/"on" or
     False/"off" decide; "auto" compiles on a CPU with a C++ compiler when ``samples`` (test points ×
     k) reach :data:`AUTO_COMPILE_SAMPLES` — on a GPU only when asked (not measured there)."""
-    if choice in (True, "on"):
-        return True
-    if choice in (False, "off"):
-        return False
-    if choice != "auto":
-        raise InputError(f"compile_networks must be True, False, 'on', 'off' or 'auto', got {choice!r}")
+    mode = switch("compile_networks", choice)
+    if mode != "auto":
+        return mode == "on"
     compilers = ([os.environ["CXX"]] if os.environ.get("CXX") else []) + list(CXX)
     return (device.type == "cpu" and samples >= AUTO_COMPILE_SAMPLES
             and any(shutil.which(c) for c in compilers))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..schema import switch
 from .sources import Examples, Source, to_float
 from .splits import BINARIZE_STREAM, FIXED_BINARIZE_SEED, derived_seed, visiting_order
 
@@ -36,7 +37,6 @@ from .splits import BINARIZE_STREAM, FIXED_BINARIZE_SEED, derived_seed, visiting
 MEMORY_FRACTION = 0.5
 #: rows read per DataLoader batch by :meth:`StreamingSplit.rows` and :func:`materialize`
 ROWS_CHUNK = 1024
-IN_MEMORY_CHOICES = ("auto", True, False)
 
 
 def available_memory(device) -> int:
@@ -55,13 +55,12 @@ def available_memory(device) -> int:
 
 
 def keep_in_memory(in_memory, nbytes: int, device) -> bool:
-    """``in_memory``: True (one tensor on the device), False (stream), ``"auto"`` (one tensor when
+    """``in_memory``: ``"on"``/True (one tensor on the device), ``"off"``/False (stream), ``"auto"`` (one tensor when
     ``nbytes`` ≤ :data:`MEMORY_FRACTION` × :func:`available_memory`)."""
-    if in_memory not in IN_MEMORY_CHOICES or (in_memory != "auto" and not isinstance(in_memory, bool)):
-        raise ConfigError(f"in_memory must be 'auto', true or false (data.in_memory in a config), got {in_memory!r}")
-    if in_memory == "auto":
+    mode = switch("in_memory", in_memory)
+    if mode == "auto":
         return nbytes <= MEMORY_FRACTION * available_memory(device)
-    return in_memory
+    return mode == "on"
 
 
 def check_workers(workers) -> int:

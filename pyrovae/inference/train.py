@@ -614,7 +614,7 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
     if seed is not None:
         pyro.set_rng_seed(seed)
     optim = OptimizerSettings(lr=lr, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options or {},
-                              betas=betas, eps=eps, clip_norm=clip_norm)
+                              adam_beta1=betas[0], adam_beta2=betas[1], adam_eps=eps, clip_norm=clip_norm or 0.0)
     trainer = Trainer(model, guide, data, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
                       test_data=test_data, device=device, validate=validate, extra=extra, optim=optim,
                       gradient=gradient, precision=precision, fast_step=fast_step, traced_step=traced_step)
