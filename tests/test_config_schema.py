@@ -190,3 +190,33 @@ def test_settings_objects_check_their_fields_when_built():
         OptimizerSettings(clip_norm=None)
     assert OptimizerSettings(clip_norm=0).clip_norm == 0.0 and OptimizerSettings().spec()["clip_norm"] is None
     assert dataclasses.replace(StepSettings(), traced_step=True).traced_step is True
+
+
+def test_trains_flat_keywords_default_to_their_declarations():
+    from inspect import signature
+
+    from pyrovae.inference.train import train
+
+    params = signature(train).parameters
+    declared = RunSettings()
+    for name in rules(RunSettings):
+        if name != "epochs":  # required by train(); 10 is the config's default
+            assert params[name].default == getattr(declared, name), name
+
+
+def test_train_takes_its_settings_objects_and_refuses_a_missing_device():
+    import pyro
+
+    from pyrovae.inference.train import train
+    from test_train import linear_gaussian_pair
+
+    x = torch.randn(40, 3)
+    pyro.clear_param_store()
+    model, guide = linear_gaussian_pair(3, 1)
+    history = train(model, guide, x, epochs=3, batch_size=20, lr=0.1, progress=False, seed=0,
+                    optimizer=OptimizerSettings(lr_schedule="step", lr_schedule_options={"step_size": 1, "gamma": 0.5}),
+                    step=StepSettings(fast_step=False, validate=True))
+    assert [row["lr"] for row in history] == pytest.approx([0.1, 0.05, 0.025])  # lr over the optimizer's 1e-3
+    for device in _unavailable_devices():
+        with pytest.raises(InputError, match=r"^device must be 'auto' or a device of this machine \("):
+            train(model, guide, x, epochs=1, device=device, progress=False)

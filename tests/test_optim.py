@@ -1,5 +1,6 @@
 """Optimizer settings: learning-rate schedules (torch's schedulers as the reference, Burda's stages),
 Adam's β/ε, gradient clipping, and their place in checkpoints (a resumed run continues the schedule)."""
+import dataclasses
 import math
 
 import pyro
@@ -115,8 +116,9 @@ def test_clip_norm_bounds_every_steps_gradient():
 def test_resume_continues_the_schedule_exactly(tmp_path):
     """4 epochs in one go and 2 + 2 resumed from the checkpoint: the same learning rates and parameters."""
     x = torch.randn(120, 3)
-    options = dict(epochs=4, batch_size=40, lr=0.05, lr_schedule="step", lr_schedule_options={"step_size": 1,
-                   "gamma": 0.5}, betas=(0.8, 0.99), eps=1e-6, clip_norm=10.0, progress=False, seed=1)
+    optimizer = OptimizerSettings(lr_schedule="step", lr_schedule_options={"step_size": 1, "gamma": 0.5},
+                                  adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6, clip_norm=10.0)
+    options = dict(epochs=4, batch_size=40, lr=0.05, optimizer=optimizer, progress=False, seed=1)
 
     def run(epochs_first, path):
         pyro.clear_param_store()
@@ -136,8 +138,8 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
     pyro.clear_param_store()
     model, guide = linear_gaussian_pair(3, 1)
     with pytest.raises(CheckpointError, match=r"other optimizer settings \(lr_schedule_options: .*'gamma': 0.5"):
-        train(model, guide, x, **{**options, "epochs": 5, "lr_schedule_options": {"step_size": 1, "gamma": 0.1}},
-              checkpoint=tmp_path / "b.pt", resume=True)
+        other = dataclasses.replace(optimizer, lr_schedule_options={"step_size": 1, "gamma": 0.1})
+        train(model, guide, x, **{**options, "epochs": 5, "optimizer": other}, checkpoint=tmp_path / "b.pt", resume=True)
 
 
 def test_a_new_schedule_is_one_class_and_one_line():

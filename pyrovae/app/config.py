@@ -189,13 +189,6 @@ def _check_output_bias(m: dict) -> None:
                           f"got {m['family']!r}")
 
 
-def optimizer_options(t: dict) -> dict:
-    """The [train] section's optimizer keys as :func:`pyrovae.train`'s arguments."""
-    o = settings(t, OptimizerSettings)
-    return dict(lr=o.lr, lr_schedule=o.lr_schedule, lr_schedule_options=o.lr_schedule_options,
-                betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps, clip_norm=o.clip_norm)
-
-
 def _check_optimizer(t: dict) -> None:
     """Build the optimizer settings once, so a schedule's unknown or bad option fails on load."""
     try:

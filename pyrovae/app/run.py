@@ -31,6 +31,8 @@ from ..schema import switch
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
+from ..inference.optim import OptimizerSettings
+from ..inference.settings import StepSettings
 from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
 from ..lab.report import bits_per_dim_summary, mean_se
@@ -232,12 +234,11 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     start = time.perf_counter()
     history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
-                    test_data=test_data, device=str(device), extra=extra, gradient=t["gradient"],
-                    **cfgmod.optimizer_options(t),
+                    test_data=test_data, device=str(device), extra=extra,
+                    optimizer=cfgmod.settings(t, OptimizerSettings), step=cfgmod.settings(t, StepSettings),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape), "num_classes": classes},
-                    callbacks=loggers, precision=t["precision"], fast_step=t["fast_step"],
-                    traced_step=t["traced_step"])
+                    callbacks=loggers)
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
         "split": getattr(train_split, "note", "") or "the data set's own train/test split",

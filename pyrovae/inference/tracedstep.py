@@ -29,7 +29,7 @@ A graph holds fixed whatever the pair's code decided while it was recorded. What
   fast step takes the step and the graph's loss on the same draws is compared with it: if they
   differ, every graph is dropped and recorded again (the next steps).
 
-Which pairs are traced (``train(..., traced_step=...)``, ``train.traced_step``): ``"auto"`` (the
+Which pairs are traced (``train(..., step=StepSettings(traced_step=...))``, ``train.traced_step``): ``"auto"`` (the
 default) the pairs of pyrovae's own models (their class says ``traceable = True``), ``"on"`` any
 pair the checks above let through, ``"off"`` none. What it saves: BENCHMARKS.md (issue 15 §3).
 """
