@@ -65,13 +65,12 @@ class Rule:
 
     ``kind``: the type of its values (``bool``, ``int``, ``float``, ``str``, ``list`` or ``dict``);
     a list holds ``items`` (``str``: names; ``int``: positive integers). ``low``/``high`` bound a
-    number (``open`` ends excluded: ``"low"``, ``"high"`` or ``"both"``); ``choices`` are the names
-    allowed (a :class:`~pyrovae.registry.Registry`, which grows as components are imported, or a
-    tuple; ``blank``: "" too); ``switch``:
-    ``auto``/``on``/``off``; ``test`` and ``words``: a check of its own and what it allows, in words;
-    ``validator(name, value)``: a check that raises its own InputError (what this machine has).
-    ``instance``: the API also takes an object of that class (an ELBO, a schedule); ``config``:
-    whether it is a key of the run config.
+    number (``open`` ends excluded: ``"low"``, ``"high"`` or ``"both"``). ``choices``: the names
+    allowed, a :class:`~pyrovae.registry.Registry` (which grows as components are imported) or a
+    tuple, and "" too with ``blank``. ``switch``: ``auto``/``on``/``off`` (:func:`switch`).
+    ``test`` and ``words``: a check of its own and what it allows, in words; ``validator(name,
+    value)``: a check that raises its own InputError (what this machine has). ``instance``: the API
+    also takes an object of that class (an ELBO, a schedule). ``config``: a key of the run config.
     """
 
     help: str
@@ -93,12 +92,19 @@ class Rule:
         names = self.choices.names() if isinstance(self.choices, Registry) else list(self.choices)
         return [""] + names if self.blank else names
 
+    @property
+    def low_open(self) -> bool:
+        return self.open in ("low", "both")
+
+    @property
+    def high_open(self) -> bool:
+        return self.open in ("high", "both")
+
     def range(self) -> str:
         """The allowed interval: ``> 0``, ``>= 0``, ``in [0, 1)``; "" when unbounded."""
-        lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
         if self.high is None:
-            return "" if self.low is None else f"{'>' if lo_open else '>='} {self.low:g}"
-        return f"in {'(' if lo_open else '['}{self.low:g}, {self.high:g}{')' if hi_open else ']'}"
+            return "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def kind_words(self) -> str:
         if self.kind is list:
@@ -145,9 +151,8 @@ class Rule:
         return _KINDS[self.kind][1](value)
 
     def _in_range(self, value) -> bool:
-        lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
-        above = self.low is None or (value > self.low if lo_open else value >= self.low)
-        below = self.high is None or (value < self.high if hi_open else value <= self.high)
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
         return above and below
 
     def _check_names(self, name: str, value) -> None:
