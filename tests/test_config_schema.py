@@ -220,3 +220,12 @@ def test_train_takes_its_settings_objects_and_refuses_a_missing_device():
     for device in _unavailable_devices():
         with pytest.raises(InputError, match=r"^device must be 'auto' or a device of this machine \("):
             train(model, guide, x, epochs=1, device=device, progress=False)
+
+
+def test_load_dataset_checks_its_stream_options_by_their_declaration():
+    from pyrovae.data import load_dataset
+
+    with pytest.raises(InputError, match=r"^workers must be >= 0, got -1$"):
+        load_dataset("toy", "train", workers=-1)
+    with pytest.raises(ConfigError, match=r"^data.workers must be >= 0, got -1$"):
+        cfgmod.load(overrides=["data.workers=-1"])

@@ -61,7 +61,7 @@ from .cache import cache_dir, extract_raw, not_found, offline, require_data_dir,
 from .folder import load_folder
 from .sources import Source, TensorExamples, to_float
 from .splits import BINARIZE_MODES, SPLITS, DataSplit, binarize_once, stored_mode
-from .streaming import StreamingSplit, check_workers, keep_in_memory, materialize
+from .streaming import StreamingSplit, keep_in_memory, materialize
 from .vision import load_cifar10, load_svhn
 
 FREY_FILE = "FreyFace/frey_rawface.mat"
@@ -336,7 +336,7 @@ def load_dataset(
     DataError when a file is corrupt or truncated or holds the wrong kind of data.
     """
     _check_args(name, split, binarize, subset)
-    check_workers(workers)
+    StreamOptions(in_memory=in_memory, workers=workers)
     loader = DATASETS.get(name)
     loaded = loader(split, resolve_data_dir(data_dir), seed, **_options_for(name, loader, options))
     source, bits, params = _as_source(name, loaded)

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..schema import switch
 from .sources import Examples, Source, to_float
 from .splits import BINARIZE_STREAM, FIXED_BINARIZE_SEED, derived_seed, visiting_order
@@ -61,13 +61,6 @@ def keep_in_memory(in_memory, nbytes: int, device) -> bool:
     if mode == "auto":
         return nbytes <= MEMORY_FRACTION * available_memory(device)
     return mode == "on"
-
-
-def check_workers(workers) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"workers must be an integer >= 0 (0: read in the main process; data.workers in a "
-                          f"config), got {workers!r}")
-    return workers
 
 
 class _EpochView(torch.utils.data.Dataset):
