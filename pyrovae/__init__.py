@@ -10,7 +10,7 @@ from . import data
 from .components import GUIDES, LIKELIHOODS, NETS, PRIORS, Likelihood, Prior, VariationalFamily
 from .data import DATASETS
 from .errors import PyrovaeError
-from .inference import ELBOS, MeanField_ELBO, Term, estimators, train
+from .inference import ELBOS, MeanField_ELBO, OptimizerSettings, StepSettings, Term, estimators, train
 from .inference.estimators import (analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound,
                                    log_weights, mc_elbo)
 from .model import FAMILIES, VAE, ConditionalVAE, SemiSupervisedVAE, TwoLayerVAE
@@ -22,5 +22,6 @@ __all__ = [
     "VAE", "ConditionalVAE", "SemiSupervisedVAE", "TwoLayerVAE", "FAMILIES", "PRIORS", "LIKELIHOODS", "GUIDES", "NETS",
     "ELBOS", "DATASETS", "Registry", "Prior", "Likelihood",
     "VariationalFamily", "estimators", "mc_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo",
-    "iwae_bound", "elbo_parts", "log_weights", "train", "Term", "MeanField_ELBO", "data", "PyrovaeError",
+    "iwae_bound", "elbo_parts", "log_weights", "train", "Term", "OptimizerSettings", "StepSettings", "MeanField_ELBO",
+    "data", "PyrovaeError",
 ]

@@ -64,3 +64,30 @@ def data_tensor(x, event_shape: tuple, name: str = "x") -> tuple:
         bad = (~torch.isfinite(x)).sum().item()
         raise DataError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
     return lo, hi
+
+
+def available_devices() -> list:
+    """The device names this machine can train on: ``cpu``, ``cuda`` and ``cuda:i`` for each GPU torch sees, ``mps``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def device(name: str, value) -> torch.device:
+    """``"auto"`` (CUDA when available, else the CPU) or a device this machine has, as a
+    ``torch.device``; InputError naming ``name``, the devices available and what came."""
+    if value in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        dev = None
+    available = available_devices()
+    if dev is None or (str(dev) not in available and not (dev.type == "cpu" and dev.index in (None, 0))):
+        why = " (torch sees no CUDA GPU here)" if dev is not None and dev.type == "cuda" and "cuda" not in available else ""
+        raise InputError(f"{name} must be 'auto' or a device of this machine ({', '.join(map(repr, available))}), "
+                         f"got {value!r}{why}")
+    return dev

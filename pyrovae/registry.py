@@ -79,6 +79,12 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} {name!r}; expected one of {', '.join(self.names())}")
         return self._factories[name]
 
+    def options(self, name: str, context: Iterable[str] = ()) -> List[str]:
+        """The options the component ``name`` takes: its factory's named parameters, but those in ``context``."""
+        params = inspect.signature(self.get(name)).parameters
+        return [p for p in params if p not in context and params[p].kind not in (params[p].VAR_POSITIONAL,
+                                                                                 params[p].VAR_KEYWORD)]
+
     def build(self, spec: Any, options: Optional[Mapping[str, Any]] = None, **context):
         """A component from a name (plus ``options``), or ``spec`` itself if it is already one."""
         if self.base is not None and isinstance(spec, self.base):
@@ -92,7 +98,7 @@ class Registry:
         factory = self.get(spec)
         params = inspect.signature(factory).parameters
         options = dict(options or {})
-        allowed = [p for p in params if p not in context and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
+        allowed = self.options(spec, context)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} for {self.kind} {spec!r}; "

@@ -19,6 +19,7 @@ import pyrovae
 from pyrovae.inference import estimators as est
 from pyrovae.inference.elbos import make_elbo
 from pyrovae.inference.precision import check_precision, with_precision
+from pyrovae.inference.settings import StepSettings
 from pyrovae.inference.traces import sample_sites, traces
 from pyrovae.model import FAMILIES
 
@@ -179,7 +180,7 @@ def test_bf16_training_tracks_float32_training():
         torch.manual_seed(0)
         vae = pyrovae.VAE((8, 8), 4, hidden=(32,))
         history = pyrovae.train(vae.model, vae.guide, x[:512], test_data=x[512:], epochs=2, batch_size=64,
-                                seed=0, device="cpu", progress=False, precision=precision)
+                                seed=0, device="cpu", progress=False, step=StepSettings(precision=precision))
         elbos[precision] = history[-1]["test_elbo"]
     assert elbos["bf16"] != elbos["float32"] and abs(elbos["bf16"] - elbos["float32"]) < 0.05
 

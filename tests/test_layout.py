@@ -1,6 +1,6 @@
 """The package's layout: each layer imports only the layers below it (read from the source with ``ast``).
 
-Layers, lowest first: the foundation (registry, checks, errors, files); components and data (side
+Layers, lowest first: the foundation (registry, checks, errors, files, schema); components and data (side
 by side); the model; inference; the lab; the app. Nothing imports upward, modules form no cycle,
 and no module imports another module's ``_private`` names.
 """
@@ -12,7 +12,7 @@ import pytest
 import pyrovae
 
 ROOT = pathlib.Path(pyrovae.__file__).parent
-LAYERS = {"registry": 0, "checks": 0, "errors": 0, "files": 0, "components": 1, "data": 1, "model": 2,
+LAYERS = {"registry": 0, "checks": 0, "errors": 0, "files": 0, "schema": 0, "components": 1, "data": 1, "model": 2,
           "inference": 3, "lab": 4, "app": 5}
 TOP_LEVEL = {"__init__", "__main__"}  # the package's front: may import any layer
 

@@ -266,7 +266,7 @@ def test_traced_step_values(value, mode):
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_a_bad_traced_step_names_the_argument(value):
-    with pytest.raises(InputError, match=r"traced_step must be one of 'auto', 'on', 'off' or a bool, got"):
+    with pytest.raises(InputError, match=r"traced_step must be one of 'auto', 'on', 'off'; got"):
         Trainer(vae_pair()[0], vae_pair()[1], X, batch_size=4, elbo="trace", num_particles=1, test_data=None,
                 device="cpu", traced_step=value)
 

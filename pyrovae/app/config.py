@@ -1,38 +1,28 @@
-"""Run configuration: one TOML file with ``[data]``, ``[model]`` and ``[train]``.
+"""Run configuration: one TOML file with ``[data]``, ``[model]`` and ``[train]``, and an optional top-level ``import``.
 
-Every key has a default (``DEFAULTS``); a file or ``--set section.key=value`` overrides it.
-Validation happens on load: an unknown section or key, a value of the wrong type, or a name
-that is not registered is a ValueError naming the key, what is allowed and what came::
+Each section's keys are the fields of settings classes (:data:`SECTIONS`), each declared once
+with :func:`pyrovae.schema.setting` where the layer that reads it lives: the trainer's in
+:mod:`pyrovae.inference.settings` and :class:`~pyrovae.inference.optim.OptimizerSettings`, the
+data sets' in :class:`~pyrovae.data.sets.DataOptions`, the app's own here. From them come
+:data:`DEFAULTS`, the validation on load (an unknown section or key, a value of the wrong type,
+out of range or not a registered name is a ConfigError naming the key, what is allowed and what
+came), the reading of ``--set section.key=value`` (:func:`parse_override`) and the key table of
+docs/configs.md (:func:`key_table`; ``python -m pyrovae.app.config`` prints it)::
 
-    import = ["my_components"]   # optional: modules (or .py files) that register the user's own
-                                 # priors, likelihoods, guides, nets, ELBOs, data sets
+    import = ["my_components"]   # optional: modules (or .py files) that register the user's own components
     [data]
-    dataset = "mnist"        # mnist | fashion-mnist | kmnist | frey | cifar10 | svhn | folder | arrays | ppca | toy
-    path = ""                # folder / arrays: the image folder or the .npz/.npy file
-    binarize = "dynamic"     # none | static | dynamic
-    subset = 0               # first N training images (0 = all)
+    dataset = "mnist"
     [model]
     latent_dim = 50
-    hidden = [400]
-    prior = "normal"         # any name in pyrovae.PRIORS; options in [model.prior_options]
+    prior = "normal"             # options in [model.prior_options]
     [train]
     epochs = 10
-    elbo = "trace"           # trace | mean-field | iwae | graph | enum
-    gradient = "standard"    # standard | stl (with elbo trace) | dreg (with elbo iwae)
-    lr_schedule = "constant" # constant | step | exponential | burda; options in [train.lr_schedule_options]
-    clip_norm = 0.0          # > 0: clip each step's gradient to this total norm
-    log = ["csv"]            # what the run writes as it trains: csv | tensorboard | mlflow (pyrovae.app.logs)
-    precision = "float32"    # float32 | bf16 (networks under torch.autocast, log-densities in float32)
-    fast_step = true         # trace / mean-field: steps without Pyro's trace bookkeeping,
-                             # checked equal to the Pyro ELBO first (pyrovae.inference.faststep)
-    traced_step = "auto"     # auto | on | off: that step recorded once and replayed as a graph
-                             # (pyrovae.inference.tracedstep; auto: pyrovae's own models)
+    lr_schedule = "constant"     # options in [train.lr_schedule_options]
 """
 from __future__ import annotations
 
 import copy
-import math
-import numbers
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
@@ -45,129 +35,92 @@ import tomli_w
 
 from ..components import ACTIVATIONS, GUIDES, LIKELIHOODS, NETS, PRIORS
 from ..data import BINARIZE_MODES, DATASETS
+from ..data.sets import DataOptions, StreamOptions
 from ..errors import ConfigError, InputError
-from ..inference.elbos import ELBOS, GRADIENTS
-from ..inference.optim import SCHEDULES, OptimizerSettings
-from ..inference.precision import PRECISIONS
-from ..inference.tracedstep import MODES as TRACED_MODES
+from ..inference.optim import OptimizerSettings
+from ..inference.settings import RunSettings, StepSettings
 from ..model import FAMILIES
 from ..registry import import_components, load_plugins
+from ..schema import Rule, Settings, defaults, rules, setting
 from .logs import LOGGERS
 
-DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "data": {"dataset": "mnist", "binarize": "dynamic", "subset": 0, "test_subset": 0, "data_dir": "",
-             "labeled": 0, "path": "", "key": "x", "label_key": "", "image_size": 0, "channels": 0,
-             "test_fraction": 0.1, "split_seed": 0, "in_memory": "auto", "workers": 2},
-    "model": {"family": "vae", "latent_dim": 50, "hidden": [400], "activation": "", "net": "mlp",
-              "prior": "normal", "likelihood": "bernoulli", "guide": "diagonal",
-              "prior_options": {}, "likelihood_options": {}, "guide_options": {}, "family_options": {},
-              "init_output_bias": False},
-    "train": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "elbo": "trace", "num_particles": 1,
-              "kl_warmup": 0, "seed": 0, "device": "auto", "classifier_weight": 0.0,
-              "lr_schedule": "constant", "lr_schedule_options": {}, "adam_beta1": 0.9, "adam_beta2": 0.999,
-              "adam_eps": 1e-8, "clip_norm": 0.0, "gradient": "standard",
-              "precision": "float32", "log": ["csv"], "fast_step": True,
-              "traced_step": "auto"},
-}
+
+@dataclass
+class DataKeys(Settings):
+    """The [data] keys the app reads itself (the data sets' own options: :class:`~pyrovae.data.sets.DataOptions`)."""
+
+    dataset: str = setting("mnist", "mnist | fashion-mnist | kmnist | frey | cifar10 | svhn | folder | arrays | ppca "
+                           "| toy (pyrovae.DATASETS)", choices=DATASETS)
+    binarize: str = setting("dynamic", "none | static | dynamic (image sets only; ignored for ppca and toy)",
+                            choices=BINARIZE_MODES)
+    subset: int = setting(0, "the first N training examples (0 = all)", low=0)
+    test_subset: int = setting(0, "the first N test examples (0 = all)", low=0)
+    data_dir: str = setting("", "where the files are; \"\" = --data-dir, else $PYROVAE_DATA_DIR, else "
+                            "~/.cache/pyrovae")
+    labeled: int = setting(0, "family \"m2\": how many training labels to keep (balanced over the classes, drawn "
+                           "with train.seed)", low=0)
+
+
+@dataclass
+class ModelKeys(Settings):
+    """The [model] keys: what :func:`pyrovae.app.run.build_model` gives the family's constructor."""
+
+    family: str = setting("vae", "vae | cvae | m2 | 2layer (pyrovae.model.FAMILIES; model families)", choices=FAMILIES)
+    latent_dim: int = setting(50, "L, the size of z", low=0, open="low")
+    hidden: list = setting([400], "hidden layer sizes of the MLP encoder (the decoder mirrors them)")
+    activation: str = setting("", "relu | softplus | tanh | elu | leaky-relu | gelu | sigmoid; \"\" = the net's "
+                              "default (softplus for mlp, relu for conv)", choices=ACTIVATIONS, blank=True)
+    net: str = setting("mlp", "mlp | conv (images (H, W) or (C, H, W): 28×28, 32×32, 64×64, ...)", choices=NETS)
+    prior: str = setting("normal", "any name in pyrovae.PRIORS", choices=PRIORS)
+    likelihood: str = setting("bernoulli", "any name in pyrovae.LIKELIHOODS", choices=LIKELIHOODS)
+    guide: str = setting("diagonal", "any name in pyrovae.GUIDES", choices=GUIDES)
+    prior_options: dict = setting({}, "the named prior's constructor options, e.g. components = 500")
+    likelihood_options: dict = setting({}, "the likelihood's options, e.g. min_scale = 0.02")
+    guide_options: dict = setting({}, "the guide's options, e.g. flows = 4")
+    family_options: dict = setting({}, "the family's own constructor options, e.g. for 2layer latent_dims = [100, "
+                                   "50] and hidden = [[200, 200], [100, 100]]")
+    init_output_bias: bool = setting(False, "true: start the decoder's last bias at the training data's mean "
+                                     "(VAE.init_output_bias; family vae only)")
+
+
+@dataclass
+class TrainKeys(Settings):
+    """The [train] keys the app reads itself (the trainer's: :mod:`pyrovae.inference.settings`)."""
+
+    seed: int = setting(0, "seeds Pyro/torch before the model is built (and the data's draws)", low=0)
+    classifier_weight: float = setting(0.0, "family \"m2\": α', the weight of Σ_labeled log q(y|x) (0 = no "
+                                       "classifier term)", low=0)
+    log: list = setting(["csv"], "what the run writes as it trains: csv | tensorboard | mlflow (training.md#watching-a-run)",
+                        choices=LOGGERS)
+
+
+#: each section's settings classes: their fields are its keys, in this order (docs/configs.md's table)
+SECTIONS = {"data": (DataKeys, DataOptions, StreamOptions), "model": (ModelKeys,),
+            "train": (RunSettings, OptimizerSettings, StepSettings, TrainKeys)}
+#: {section: {key: Rule}}
+RULES: Dict[str, Dict[str, Rule]] = {name: {k: r for cls in classes for k, r in rules(cls).items()}
+                                     for name, classes in SECTIONS.items()}
+#: {section: {key: default}}
+DEFAULTS: Dict[str, Dict[str, Any]] = {name: {k: v for cls in classes for k, v in defaults(cls).items()}
+                                       for name, classes in SECTIONS.items()}
 
 #: the top-level key listing the user's own component modules
 IMPORT_KEY = "import"
 _PLUGINS_LOADED = False
 
-#: keys whose value must be one of a set of names (a function, so registries added later count)
-CHOICES = {
-    ("data", "dataset"): DATASETS.names,
-    ("data", "binarize"): lambda: BINARIZE_MODES,
-    ("model", "family"): FAMILIES.names,
-    ("model", "prior"): PRIORS.names,
-    ("model", "likelihood"): LIKELIHOODS.names,
-    ("model", "guide"): GUIDES.names,
-    ("model", "net"): NETS.names,
-    ("model", "activation"): lambda: [""] + ACTIVATIONS.names(),
-    ("train", "elbo"): ELBOS.names,
-    ("train", "lr_schedule"): SCHEDULES.names,
-    ("train", "gradient"): lambda: list(GRADIENTS),
-    ("train", "log"): LOGGERS.names,  # a list: each of its names
-    ("train", "precision"): lambda: PRECISIONS,
-    ("train", "traced_step"): lambda: list(TRACED_MODES),
-}
-#: keys whose value must lie in [0, 1)
-UNIT_INTERVAL = {("train", "adam_beta1"), ("train", "adam_beta2")}
-NON_NEGATIVE = {("data", "subset"), ("data", "test_subset"), ("data", "labeled"), ("train", "seed"),
-                ("train", "kl_warmup"), ("train", "classifier_weight"), ("train", "clip_norm"),
-                ("train", "adam_beta1")}
+
+def _check_value(section: str, key: str, value):
+    """The value of ``section.key`` if its rule allows it; else ConfigError naming the key, what is allowed and what came."""
+    try:
+        return RULES[section][key].check(f"{section}.{key}", value, objects=False)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
-def _type_ok(default, value) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if isinstance(default, list):  # of names where the default lists names, else of integers
-        kind = str if default and isinstance(default[0], str) else int
-        return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-    return isinstance(value, type(default))
-
-
-def _type_name(default) -> str:
-    if isinstance(default, list) and default and isinstance(default[0], str):
-        return "a list of names"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list of integers", dict: "a table"}[type(default)]
-
-
-def _whole(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-#: [data] keys with a rule of their own: (what is allowed, in words; the test)
-DATA_RULES = {
-    "in_memory": ("'auto', true or false", lambda v: v == "auto" or isinstance(v, bool)),
-    "image_size": ("an integer >= 0 (0 keeps the files' size)", lambda v: _whole(v) and v >= 0),
-    "channels": ("0 (as the images are), 1 (grayscale) or 3 (RGB)", lambda v: _whole(v) and v in (0, 1, 3)),
-    "workers": ("an integer >= 0 (0 reads in the main process)", lambda v: _whole(v) and v >= 0),
-    "split_seed": ("an integer >= 0", lambda v: _whole(v) and v >= 0),
-    "test_fraction": ("a number between 0 and 1 (exclusive)",
-                      lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < 1),
-    "key": ("a non-empty string (the array's name in the .npz)", lambda v: isinstance(v, str) and v != ""),
-}
-
-
-def _check_value(section: str, key: str, value) -> None:
-    if section == "data" and key in DATA_RULES:
-        allowed, ok = DATA_RULES[key]
-        if not ok(value):
-            raise ConfigError(f"data.{key} must be {allowed}, got {value!r}")
-        return
-    default = DEFAULTS[section][key]
-    where = f"{section}.{key}"
-    if not _type_ok(default, value):
-        raise ConfigError(f"{where} must be {_type_name(default)}, got {value!r}")
-    if (section, key) in CHOICES:
-        _check_choice(where, value, CHOICES[(section, key)]())
-    if (section, key) in NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value!r}")
-    if (section, key) not in NON_NEGATIVE and isinstance(value, numbers.Real) and not isinstance(value, bool) \
-            and value <= 0:
-        raise ConfigError(f"{where} must be > 0, got {value!r}")
-    if (section, key) in UNIT_INTERVAL and not 0 <= value < 1:
-        raise ConfigError(f"{where} must be in [0, 1), got {value!r}")
-    if isinstance(value, list) and any(not isinstance(v, str) and v <= 0 for v in value):
-        raise ConfigError(f"{where} must hold positive integers, got {value!r}")
-
-
-def _check_choice(where: str, value, names) -> None:
-    """A name among ``names``; a list (``train.log``) of distinct ones."""
-    allowed = ", ".join(repr(c) for c in names)
-    for v in value if isinstance(value, list) else [value]:
-        if v not in names:
-            what = "list names among" if isinstance(value, list) else "be one of"
-            raise ConfigError(f"{where} must {what} {allowed}; got {v!r}" + (f" in {value!r}" if isinstance(value, list)
-                                                                            else ""))
-    if isinstance(value, list) and len(set(value)) < len(value):
-        raise ConfigError(f"{where} names a writer twice: {value!r}")
+def settings(section: dict, cls):
+    """The settings object ``cls`` (e.g. :class:`~pyrovae.inference.optim.OptimizerSettings`) of a
+    validated config section's keys."""
+    return cls(**{k: section[k] for k in rules(cls)})
 
 
 def _imports(config: dict, base_dir: Optional[Path] = None) -> list:
@@ -208,8 +161,7 @@ def validate(config: dict, base_dir: Optional[Path] = None) -> dict:
             if key not in DEFAULTS[section]:
                 raise ConfigError(f"unknown key {section}.{key}; allowed keys in [{section}]: "
                                   f"{', '.join(DEFAULTS[section])}")
-            _check_value(section, key, value)
-            full[section][key] = value
+            full[section][key] = _check_value(section, key, value)
     _check_optimizer(full["train"])
     _check_eight_bit_data(full)
     _check_output_bias(full["model"])
@@ -237,33 +189,31 @@ def _check_output_bias(m: dict) -> None:
                           f"got {m['family']!r}")
 
 
-def optimizer_options(t: dict) -> dict:
-    """The [train] section's optimizer keys as :func:`pyrovae.train`'s (and
-    :class:`~pyrovae.inference.optim.OptimizerSettings`') arguments; ``clip_norm = 0`` is off (None)."""
-    return dict(lr=t["lr"], lr_schedule=t["lr_schedule"], lr_schedule_options=t["lr_schedule_options"],
-                betas=(t["adam_beta1"], t["adam_beta2"]), eps=t["adam_eps"], clip_norm=t["clip_norm"] or None)
-
-
 def _check_optimizer(t: dict) -> None:
     """Build the optimizer settings once, so a schedule's unknown or bad option fails on load."""
     try:
-        OptimizerSettings(**optimizer_options(t))
+        settings(t, OptimizerSettings)
     except InputError as e:
         raise ConfigError(f"train.{e}") from None
 
 
 def parse_override(text: str):
-    """``section.key=value`` → (section, key, value); the value is read as TOML, else as a string.
-    ``section.table.key=value`` sets one option of a table (key ``table.key``)."""
+    """``section.key=value`` → (section, key, value). The value is read as TOML, but as the text
+    itself where the key takes a string (``--set data.key=1`` is the name "1") or where it is no
+    TOML (``--set train.device=cuda:0``). ``section.table.key=value`` sets one option of a table
+    (key ``table.key``)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set expects section.key=value (e.g. train.epochs=5), got {text!r}")
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return section, key, value
+        return section, key, raw
+    rule = RULES.get(section, {}).get(key)
+    takes_text = rule is not None and rule.kind is str and not rule.switch
+    return section, key, raw if takes_text and not isinstance(value, str) else value
 
 
 def load(path: Optional[Path] = None, overrides: Iterable[str] = (), base: Optional[dict] = None) -> dict:
@@ -298,7 +248,28 @@ def _option_table(section: dict, path: str, text: str):
     return table, key
 
 
+def _inline(value) -> str:
+    """A default as it is written in TOML, on one line."""
+    if isinstance(value, (list, dict)):
+        return "[" + ", ".join(map(_inline, value)) + "]" if isinstance(value, list) else "{}"
+    return tomli_w.dumps({"v": value})[4:].strip()
+
+
+def key_table() -> str:
+    """docs/configs.md's table of every key (Markdown): default, what is allowed, what it does."""
+    rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
+    for section, keys in RULES.items():
+        for key, rule in keys.items():
+            cells = [f"`{section}.{key}`", f"`{_inline(DEFAULTS[section][key])}`", rule.allowed(listed=False), rule.help]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 # -- writing ------------------------------------------------------------------------------------
 def dumps(config: dict) -> str:
     """The config as TOML text (``tomli_w``; read back by :func:`load` to the same dict)."""
     return tomli_w.dumps(config)
+
+
+if __name__ == "__main__":
+    print(key_table(), end="")

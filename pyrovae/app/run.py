@@ -28,9 +28,12 @@ from ..data import OPTION_DEFAULTS, is_image_dataset, load_dataset
 from ..data.sources import class_count
 from ..errors import CheckpointError, ConfigError, InputError
 from ..files import lock_folder, temporary_of, write_text
+from ..schema import switch
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
+from ..inference.optim import OptimizerSettings
+from ..inference.settings import StepSettings
 from ..inference.state import modes, modules_of
 from ..inference.traces import pair_params, preserved_rng
 from ..inference.train import Term, load_params, resolve_device, train
@@ -247,13 +250,12 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     start = time.perf_counter()
     history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
-                    test_data=test_data, device=str(device), extra=extra, gradient=t["gradient"],
-                    **cfgmod.optimizer_options(t),
+                    test_data=test_data, device=str(device), extra=extra,
+                    optimizer=cfgmod.settings(t, OptimizerSettings), step=cfgmod.settings(t, StepSettings),
                     checkpoint=out / "checkpoint.pt", resume=resume, config=cfg, progress=progress,
                     metadata={"input_shape": list(train_split.shape), "num_classes": classes,
                               "data": data_fingerprints(train_split, test_split)},
-                    callbacks=loggers, precision=t["precision"], fast_step=t["fast_step"],
-                    traced_step=t["traced_step"])
+                    callbacks=loggers)
     summary = {
         "data": data_variant(cfg), "n_train": len(train_split), "n_test": len(test_split),
         "split": getattr(train_split, "note", "") or "the data set's own train/test split",
@@ -359,12 +361,9 @@ def should_compile(choice, samples: int, device: torch.device) -> bool:
     """Whether ``evaluate`` runs compiled (:mod:`pyrovae.model.compiled`). ``choice`` True/"on" or
     False/"off" decide; "auto" compiles on a CPU with a C++ compiler when ``samples`` (test points ×
     k) reach :data:`AUTO_COMPILE_SAMPLES` — on a GPU only when asked (not measured there)."""
-    if choice in (True, "on"):
-        return True
-    if choice in (False, "off"):
-        return False
-    if choice != "auto":
-        raise InputError(f"compile_networks must be True, False, 'on', 'off' or 'auto', got {choice!r}")
+    mode = switch("compile_networks", choice)
+    if mode != "auto":
+        return mode == "on"
     compilers = ([os.environ["CXX"]] if os.environ.get("CXX") else []) + list(CXX)
     return (device.type == "cpu" and samples >= AUTO_COMPILE_SAMPLES
             and any(shutil.which(c) for c in compilers))

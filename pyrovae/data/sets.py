@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..registry import Registry
+from ..schema import Settings, defaults, one_of, setting
 from .arrays import load_arrays
 from .cache import cache_dir, downloaded, extract_sources, not_found, offline, require_data_dir, resolve_data_dir
 from .folder import load_folder
@@ -120,7 +122,7 @@ def load_mnist_like(class_name: str, split: str, data_dir: Path) -> tuple[Tensor
 
 def frey_split_indices(split: str) -> Tensor:
     """Indices into the 1965 faces: a ``manual_seed(0)`` randperm; first 1765 train, last 200 test."""
-    _check_choice("split", split, SPLITS)
+    one_of("split", split, SPLITS)
     perm = torch.randperm(FREY_N, generator=torch.Generator().manual_seed(FREY_SPLIT_SEED))
     n_train = FREY_N - FREY_N_TEST
     return perm[:n_train] if split == "train" else perm[n_train:]
@@ -222,9 +224,35 @@ for _name in ("mnist", "fashion-mnist", "kmnist", "frey"):
 load_folder.options = ("path", "image_size", "channels", "test_fraction", "split_seed")
 load_arrays.options = ("path", "key", "label_key", "test_fraction", "split_seed")
 
-#: the options a loader may take (``loader.options``), with their defaults (also the config's)
-OPTION_DEFAULTS = {"path": "", "key": "x", "label_key": "", "image_size": 0, "channels": 0, "test_fraction": 0.1,
-                   "split_seed": 0}
+@dataclass
+class DataOptions(Settings):
+    """The options a loader may take (``loader.options``: the sets of the user's own files), each
+    declared once: default, allowed values, help (also the config's ``[data]`` keys)."""
+
+    path: str = setting("", "folder / arrays: the image folder or .npz/.npy file (made absolute, from the current "
+                        "directory)")
+    key: str = setting("x", "arrays: the data's name in the .npz (x_train/x_test: the file's own split)", test=bool,
+                       words="a non-empty string")
+    label_key: str = setting("", "arrays: the labels' name in the .npz (\"\" = none)")
+    image_size: int = setting(0, "folder: resize and centre-crop to s × s (0 = keep the files' size)", low=0)
+    channels: int = setting(0, "folder: 0 = as the images are (grayscale if all are), 1 = grayscale, 3 = RGB",
+                            choices=(0, 1, 3))
+    test_fraction: float = setting(0.1, "folder / arrays without a split of their own: the seeded test share",
+                                   low=0, high=1, open="both")
+    split_seed: int = setting(0, "... and the seed of that split", low=0)
+
+
+@dataclass
+class StreamOptions(Settings):
+    """How :func:`load_dataset` holds a split: in memory or streamed (config keys ``data.in_memory``, ``data.workers``)."""
+
+    in_memory: str = setting("auto", "on (true): one tensor on the device; off (false): stream through a DataLoader; "
+                             "auto: stream what is too big", switch=True)
+    workers: int = setting(2, "DataLoader worker processes when streaming (0 = the main process)", low=0)
+
+
+#: the options a loader may take (``loader.options``), with their defaults (:class:`DataOptions`)
+OPTION_DEFAULTS = defaults(DataOptions)
 
 
 def is_image_dataset(name: str) -> bool:
@@ -232,15 +260,10 @@ def is_image_dataset(name: str) -> bool:
     return not getattr(DATASETS.get(name), "real_valued", False)
 
 
-def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
 def _check_args(name: str, split: str, binarize: str, subset: int) -> None:
     DATASETS.get(name)
-    _check_choice("split", split, SPLITS)
-    _check_choice("binarize", binarize, BINARIZE_MODES)
+    one_of("split", split, SPLITS)
+    one_of("binarize", binarize, BINARIZE_MODES)
     if binarize != "none" and not is_image_dataset(name):
         raise ConfigError(f"binarize={binarize!r} needs an image data set; {name!r} is real-valued")
     if isinstance(subset, bool) or not isinstance(subset, numbers.Integral) or subset < 0:
@@ -316,6 +339,7 @@ def load_dataset(
     DataError when a file is corrupt or truncated or holds the wrong kind of data.
     """
     _check_args(name, split, binarize, subset)
+    StreamOptions(in_memory=in_memory, workers=workers)
     workers = check_workers(workers)
     loader = DATASETS.get(name)
     loaded = loader(split, resolve_data_dir(data_dir), seed, **_options_for(name, loader, options))

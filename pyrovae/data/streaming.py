@@ -29,7 +29,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..schema import switch
 from .sources import Examples, Source, to_float
 from .splits import BINARIZE_STREAM, FIXED_BINARIZE_SEED, derived_seed, visiting_order
 
@@ -37,7 +38,6 @@ from .splits import BINARIZE_STREAM, FIXED_BINARIZE_SEED, derived_seed, visiting
 MEMORY_FRACTION = 0.5
 #: rows read per DataLoader batch by :meth:`StreamingSplit.rows` and :func:`materialize`
 ROWS_CHUNK = 1024
-IN_MEMORY_CHOICES = ("auto", True, False)
 
 
 def available_memory(device) -> int:
@@ -56,13 +56,12 @@ def available_memory(device) -> int:
 
 
 def keep_in_memory(in_memory, nbytes: int, device) -> bool:
-    """``in_memory``: True (one tensor on the device), False (stream), ``"auto"`` (one tensor when
+    """``in_memory``: ``"on"``/True (one tensor on the device), ``"off"``/False (stream), ``"auto"`` (one tensor when
     ``nbytes`` ≤ :data:`MEMORY_FRACTION` × :func:`available_memory`)."""
-    if in_memory not in IN_MEMORY_CHOICES or (in_memory != "auto" and not isinstance(in_memory, bool)):
-        raise ConfigError(f"in_memory must be 'auto', true or false (data.in_memory in a config), got {in_memory!r}")
-    if in_memory == "auto":
+    mode = switch("in_memory", in_memory)
+    if mode == "auto":
         return nbytes <= MEMORY_FRACTION * available_memory(device)
-    return in_memory
+    return mode == "on"
 
 
 def usable_cpus() -> int:
@@ -81,9 +80,6 @@ def check_workers(workers) -> int:
     """``workers`` as the DataLoaders will use it: at most :func:`usable_cpus` (more only slow a
     loader down; torch would warn about it at every loader it builds, i.e. every epoch), said
     once per process by a warning."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"workers must be an integer >= 0 (0: read in the main process; data.workers in a "
-                          f"config), got {workers!r}")
     cpus = usable_cpus()
     if workers > cpus and workers not in _CAPPED:
         _CAPPED.add(workers)

@@ -17,7 +17,10 @@
 from .elbos import ELBOS, MeanField_ELBO, make_elbo
 from .estimators import (analytic_elbo, analytic_sites, closed_form_elbo, elbo_parts, iwae_bound, log_weights,
                          mc_elbo)
+from .optim import OptimizerSettings
+from .settings import RunSettings, StepSettings
 from .train import ScaleLatents, Term, Trainer, train
 
 __all__ = ["ELBOS", "MeanField_ELBO", "make_elbo", "analytic_elbo", "analytic_sites", "closed_form_elbo",
-           "elbo_parts", "iwae_bound", "log_weights", "mc_elbo", "ScaleLatents", "Term", "Trainer", "train"]
+           "elbo_parts", "iwae_bound", "log_weights", "mc_elbo", "ScaleLatents", "Term", "Trainer", "train",
+           "OptimizerSettings", "RunSettings", "StepSettings"]

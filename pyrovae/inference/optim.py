@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List
 
 import torch
 
 from .. import checks
 from ..errors import InputError
 from ..registry import Registry
+from ..schema import Settings, setting
 
 
 class Schedule:
@@ -121,28 +122,36 @@ class Cosine(Schedule):
 
 
 @dataclass
-class OptimizerSettings:
-    """Adam (``betas``, ``eps``) at base rate ``lr`` under ``lr_schedule``, each step's gradient
-    rescaled to norm ≤ ``clip_norm`` when it is set (``torch.nn.utils.clip_grad_norm_`` over all
-    parameters together)."""
+class OptimizerSettings(Settings):
+    """Adam (β1, β2, ε) at base rate ``lr`` under ``lr_schedule``, each step's gradient rescaled to
+    norm ≤ ``clip_norm`` when it is above 0 (``torch.nn.utils.clip_grad_norm_`` over all parameters together)."""
 
-    lr: float = 1e-3
-    lr_schedule: Any = "constant"
-    lr_schedule_options: Dict[str, Any] = field(default_factory=dict)
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_norm: Optional[float] = None
+    lr: float = setting(1e-3, "Adam's base learning rate", low=0, open="low")
+    lr_schedule: str = setting("constant", "the learning rate of each epoch: constant | step | exponential | burda "
+                               "| cosine (pyrovae.inference.optim.SCHEDULES)", choices=SCHEDULES, instance=Schedule)
+    lr_schedule_options: dict = setting({}, "the schedule's options: step: step_size, gamma; exponential: gamma; "
+                                        "burda: stages, growth, total_epochs; cosine: total_epochs, final")
+    adam_beta1: float = setting(0.9, "Adam's β1", low=0, high=1, open="high")
+    adam_beta2: float = setting(0.999, "Adam's β2", low=0, high=1, open="high")
+    adam_eps: float = setting(1e-8, "Adam's ε (Burda et al. use 1e-4)", low=0, open="low")
+    clip_norm: float = setting(0.0, "> 0: rescale each step's gradient to at most this total norm (0 = off)", low=0)
 
     def __post_init__(self):
-        self.lr = checks.positive_float("lr", self.lr)
-        self.eps = checks.positive_float("eps", self.eps)
-        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else None
-        if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise InputError(f"betas must be two numbers in [0, 1) (Adam's β1, β2), got {self.betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        if self.clip_norm is not None:
-            self.clip_norm = checks.positive_float("clip_norm", self.clip_norm)
+        super().__post_init__()
+        self._check_schedule_options()
         self.schedule = SCHEDULES.build(self.lr_schedule, self.lr_schedule_options)
+
+    def _check_schedule_options(self) -> None:
+        """Each option is one the schedule takes: the error names it, what the schedule takes and what came."""
+        if isinstance(self.lr_schedule, Schedule):
+            return
+        takes = SCHEDULES.options(self.lr_schedule)
+        for key, value in self.lr_schedule_options.items():
+            if key not in takes:
+                others = [n for n in SCHEDULES.names() if key in SCHEDULES.options(n)]
+                hint = f" ({key} is an option of {', '.join(map(repr, others))}: set lr_schedule too)" if others else ""
+                raise InputError(f"lr_schedule_options.{key} is not an option of lr_schedule {self.lr_schedule!r}, "
+                                 f"which takes {', '.join(takes) or 'none'}{hint}; got {key} = {value!r}")
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (from 1)."""
@@ -151,23 +160,24 @@ class OptimizerSettings:
     def adam(self, params: List[torch.Tensor], epoch: int = 1) -> torch.optim.Adam:
         """One ``torch.optim.Adam`` over all parameters, fused (one kernel per parameter) where torch
         supports it for their device and dtype; the update is Adam's either way."""
-        options = dict(lr=self.lr_at(epoch), betas=self.betas, eps=self.eps)
+        options = dict(lr=self.lr_at(epoch), betas=(self.adam_beta1, self.adam_beta2), eps=self.adam_eps)
         try:
             return torch.optim.Adam(params, **options, fused=True)
         except RuntimeError:  # e.g. a device or dtype without a fused kernel
             return torch.optim.Adam(params, **options)
 
     def clip(self, params: List[torch.Tensor]) -> None:
-        """Rescale the gradients to total norm ≤ ``clip_norm`` (nothing when it is None)."""
-        if self.clip_norm is not None:
+        """Rescale the gradients to total norm ≤ ``clip_norm`` (nothing when it is 0)."""
+        if self.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
 
     def spec(self) -> Dict[str, Any]:
-        """Plain values saved in a checkpoint; a resumed run must ask for the same."""
+        """Plain values saved in a checkpoint (a resumed run must ask for the same), in the checkpoint's
+        own names: ``betas``, ``eps``, ``clip_norm`` None when off."""
         return {"lr": self.lr, "lr_schedule": type(self.schedule).registry_name
                 if hasattr(type(self.schedule), "registry_name") else type(self.schedule).__name__,
-                "lr_schedule_options": self.schedule.options(), "betas": list(self.betas), "eps": self.eps,
-                "clip_norm": self.clip_norm}
+                "lr_schedule_options": self.schedule.options(), "betas": [self.adam_beta1, self.adam_beta2],
+                "eps": self.adam_eps, "clip_norm": self.clip_norm or None}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -29,7 +29,7 @@ A graph holds fixed whatever the pair's code decided while it was recorded. What
   fast step takes the step and the graph's loss on the same draws is compared with it: if they
   differ, every graph is dropped and recorded again (the next steps).
 
-Which pairs are traced (``train(..., traced_step=...)``, ``train.traced_step``): ``"auto"`` (the
+Which pairs are traced (``train(..., step=StepSettings(traced_step=...))``, ``train.traced_step``): ``"auto"`` (the
 default) the pairs of pyrovae's own models (their class says ``traceable = True``), ``"on"`` any
 pair the checks above let through, ``"off"`` none. What it saves: BENCHMARKS.md (issue 15 §3).
 """
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..errors import InputError
+from ..schema import SWITCH, switch
 from .faststep import FastStep, add_grads, all_finite, differs, gradients, signature, trainable_params
 from .traces import RngState
 
@@ -53,7 +53,7 @@ MAX_GRAPHS = 4
 #: after the first MAX_GRAPHS recordings, at most one more every CHURN steps, else tracing stops
 CHURN = 50
 #: the values ``traced_step`` takes (True and False stand for "on" and "off")
-MODES = ("auto", "on", "off")
+MODES = SWITCH
 
 #: argument values a graph's key can hold (fixed in the graph, compared by value)
 _SCALARS = (bool, int, float, str, type(None))
@@ -61,10 +61,7 @@ _SCALARS = (bool, int, float, str, type(None))
 
 def traced_mode(value) -> str:
     """``traced_step`` as one of :data:`MODES` (True → "on", False → "off"); InputError otherwise."""
-    mode = {True: "on", False: "off"}[value] if isinstance(value, bool) else value
-    if not isinstance(mode, str) or mode not in MODES:
-        raise InputError(f"traced_step must be one of {', '.join(map(repr, MODES))} or a bool, got {value!r}")
-    return mode
+    return switch("traced_step", value)
 
 
 def traces_pair(mode: str, owner: Optional[nn.Module]) -> bool:

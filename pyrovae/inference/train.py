@@ -25,13 +25,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -45,6 +45,7 @@ from .callbacks import Callbacks
 from .elbos import MeanField_ELBO, make_elbo
 from .optim import OptimizerSettings, set_lr
 from .pathwise import DReG_IWAE, STL_ELBO
+from .settings import RunSettings, StepSettings
 from .precision import with_precision
 from .estimators import elbo_parts
 from .faststep import FastStep
@@ -579,16 +580,21 @@ def _set_rng_state(state: dict) -> None:
         distributed.reseed_rank()
 
 
-def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
-          num_particles: int = 1, test_data=None, seed: Optional[int] = None, device: Optional[str] = None,
-          checkpoint: Union[str, Path, None] = None, resume: bool = False, config: Optional[dict] = None,
-          progress: bool = True, callback: Optional[Callable[[List[dict]], None]] = None, callbacks: Sequence = (),
-          validate: bool = False, kl_warmup: int = 0, metadata: Optional[dict] = None,
-          extra: Sequence[Term] = (), lr_schedule="constant", lr_schedule_options: Optional[dict] = None,
-          betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, clip_norm: Optional[float] = None,
-          gradient: str = "standard", precision: str = "float32", fast_step: bool = True,
-          traced_step="auto") -> List[dict]:
+def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batch_size, lr: Optional[float] = None,
+          elbo: Union[str, ELBO] = RunSettings.elbo, num_particles: int = RunSettings.num_particles, test_data=None,
+          seed: Optional[int] = None, device: str = RunSettings.device, kl_warmup: int = RunSettings.kl_warmup,
+          optimizer: Optional[OptimizerSettings] = None, step: Optional[StepSettings] = None,
+          extra: Sequence[Term] = (), checkpoint: Union[str, Path, None] = None, resume: bool = False,
+          config: Optional[dict] = None, metadata: Optional[dict] = None, progress: bool = True,
+          callback: Optional[Callable[[List[dict]], None]] = None, callbacks: Sequence = ()) -> List[dict]:
     """Train ``model``/``guide`` by SVI for ``epochs`` epochs; return the per-epoch history.
+
+    The common settings are keywords (:class:`~pyrovae.inference.settings.RunSettings` declares
+    them: defaults, allowed values); the rest come in two settings objects::
+
+        train(model, guide, x, epochs=50, lr=3e-4,
+              optimizer=OptimizerSettings(lr_schedule="cosine", lr_schedule_options={"total_epochs": 50}),
+              step=StepSettings(gradient="stl", precision="bf16"))
 
     Args:
         model, guide: any Pyro pair whose arguments are a minibatch (e.g. ``vae.model``, ``vae.guide``;
@@ -597,13 +603,36 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             :class:`pyrovae.data.DataSplit` (dynamic binarization is redrawn every epoch), called as
             ``model(x)``; a tuple of them, called as ``model(*batch)``; a dict, ``model(**batch)``
             (:mod:`pyrovae.inference.arguments`). Each element is sliced by the same minibatch indices.
+        batch_size: datapoints per minibatch (all ranks' together with several processes).
+        lr: Adam's base learning rate; None: ``optimizer``'s (1e-3 by default).
         elbo: a name — ``"trace"`` (Trace_ELBO), ``"mean-field"`` (:class:`pyrovae.inference.elbos.MeanField_ELBO`,
             TraceMeanField_ELBO's estimate), ``"iwae"`` (RenyiELBO, alpha=0, ``num_particles``
             samples), ``"graph"`` (TraceGraph_ELBO), ``"enum"`` (TraceEnum_ELBO) — or any
             ``pyro.infer.ELBO`` instance; see :mod:`pyrovae.inference.elbos`.
-        seed: seeds Pyro/torch before training (seed before building the model to fix its init).
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``; a model/guide that are
-            methods of an ``nn.Module`` have that module moved there.
+        num_particles: particles per datapoint, vectorized (k of ``"iwae"``).
+        seed: seeds Pyro/torch before training (seed before building the model to fix its init); None: no seeding.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` — one this
+            machine has; a model/guide that are methods of an ``nn.Module`` have that module moved there.
+        kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
+            β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
+            0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
+            objective; the test ELBO, reconstruction and KL are always those of β = 1.
+        optimizer: :class:`~pyrovae.inference.optim.OptimizerSettings`: Adam's β1, β2, ε, the
+            learning-rate schedule of the epochs and its options, gradient clipping. Saved in the
+            checkpoint; a resumed run must ask for the same and continues the schedule.
+        step: :class:`~pyrovae.inference.settings.StepSettings`, how each step computes the objective
+            and its gradient: ``gradient`` (``"standard"``, ``"stl"`` with ``elbo="trace"``, ``"dreg"``
+            with ``elbo="iwae"``: same expected gradient, lower variance for the guide,
+            :mod:`pyrovae.inference.pathwise`); ``precision`` (``"float32"``, or ``"bf16"``: the networks
+            under ``torch.autocast``, the log-densities and the ELBO in float32); ``fast_step`` (a
+            ``Trace_ELBO`` or ``"mean-field"`` pair steps without Pyro's trace bookkeeping, checked
+            against the Pyro ELBO on the same draws at the first step, :mod:`pyrovae.inference.faststep`);
+            ``traced_step`` (``"auto"``/``"on"``/``"off"``: that step recorded once as a graph and
+            replayed, checked equal to it at its first use and every epoch, :mod:`pyrovae.inference.tracedstep`);
+            ``validate`` (Pyro's validation on every step; by default on the first, and on a non-finite loss).
+        extra: more parts of the objective, each a :class:`Term` (its own pair, data, weight),
+            stepped together with the main pair: e.g. the labeled data and the classifier of a
+            semi-supervised VAE. ``train_elbo`` is then the whole objective per main datapoint.
         checkpoint: a path written atomically after every epoch (parameters, optimizer and RNG
             states, history, ``config`` and ``metadata``, plain values of the caller's). ``resume=True``
             continues from it exactly. A diverging run (see :class:`DivergenceMonitor`) raises
@@ -613,51 +642,22 @@ def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float =
             ``on_train_end``, each called with the :class:`Trainer` (e.g. subclasses of
             :class:`pyrovae.inference.callbacks.Callback`, whose doc lists what the trainer exposes);
             ``callback`` runs after them, as one more.
-        validate: run Pyro's validation (distribution arguments, supports, site shapes) on every
-            step; by default it runs on the first step only, and a non-finite loss at any step
-            stops training and is then diagnosed with validation on.
-        extra: more parts of the objective, each a :class:`Term` (its own pair, data, weight),
-            stepped together with the main pair: e.g. the labeled data and the classifier of a
-            semi-supervised VAE. ``train_elbo`` is then the whole objective per main datapoint.
-        lr, lr_schedule, lr_schedule_options, betas, eps, clip_norm: Adam at base rate ``lr`` with
-            ``betas`` (β1, β2) and ``eps``; the rate of each epoch from ``lr_schedule`` — ``"constant"``,
-            ``"step"``, ``"exponential"``, ``"burda"`` (Burda et al.'s 8 stages of 3^i epochs) or a
-            :class:`pyrovae.inference.optim.Schedule` — with its options; each step's gradient
-            rescaled to total norm ≤ ``clip_norm`` when set. All are saved in the checkpoint; a
-            resumed run must ask for the same and continues the schedule (:mod:`pyrovae.inference.optim`).
-        gradient: the gradient estimator: ``"standard"`` (the ELBO's own), ``"stl"`` (sticking the
-            landing, with ``elbo="trace"``) or ``"dreg"`` (doubly reparameterized, with ``elbo="iwae"``);
-            same expected gradient, lower variance for the guide (:mod:`pyrovae.inference.pathwise`).
-        precision: ``"float32"``, or ``"bf16"``: the networks run under ``torch.autocast`` in bfloat16,
-            the log-densities and the ELBO stay float32 (:mod:`pyrovae.inference.precision`).
         Several processes: with a process group (``torchrun``, :func:`pyrovae.inference.distributed.init_from_env`)
             each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
             all-reduced (:mod:`pyrovae.inference.distributed`); rank 0 alone shows progress, writes the
             checkpoint and calls ``callback``; every rank reads the checkpoint on ``resume``.
-        fast_step: a ``Trace_ELBO`` or ``"mean-field"`` pair (particles vectorized) runs without
-            Pyro's trace bookkeeping — the same loss and gradients (a Bernoulli's sum fused, equal to
-            float rounding), checked against the Pyro ELBO on the same draws at the first step
-            (:mod:`pyrovae.inference.faststep`); False always runs the Pyro ELBO.
-        traced_step: the fast step recorded once as a graph of tensor operations and replayed
-            without the pair's Python, checked equal to it at its first use and every epoch
-            (:mod:`pyrovae.inference.tracedstep`): ``"auto"`` for pyrovae's own models, ``"on"`` (True)
-            for any pair whose code does the same computation at every step given its arguments'
-            shapes (no state changed by a callback within an epoch), ``"off"`` (False) never.
-        kl_warmup: over the first ``kl_warmup`` epochs, train on E_q[log p(x|z)] − β KL with
-            β = epoch / kl_warmup rising to 1 (latent sites scaled by :class:`ScaleLatents`);
-            0 (the default) trains on the ELBO throughout. ``train_elbo`` is then the β-weighted
-            objective; the test ELBO, reconstruction and KL are always those of β = 1.
     """
-    checks.positive_int("epochs", epochs)
-    checks.non_negative_int("kl_warmup", kl_warmup, " (epochs)")
+    run = RunSettings(epochs=epochs, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
+                      kl_warmup=kl_warmup, device=device)
+    optim, step = optimizer or OptimizerSettings(), step or StepSettings()
+    optim = optim if lr is None else replace(optim, lr=lr)
     hooks = Callbacks(callbacks, callback)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    optim = OptimizerSettings(lr=lr, lr_schedule=lr_schedule, lr_schedule_options=lr_schedule_options or {},
-                              betas=betas, eps=eps, clip_norm=clip_norm)
-    trainer = Trainer(model, guide, data, batch_size=batch_size, elbo=elbo, num_particles=num_particles,
-                      test_data=test_data, device=device, validate=validate, extra=extra, optim=optim,
-                      gradient=gradient, precision=precision, fast_step=fast_step, traced_step=traced_step)
+    trainer = Trainer(model, guide, data, batch_size=run.batch_size, elbo=run.elbo, num_particles=run.num_particles,
+                      test_data=test_data, device=run.device, validate=step.validate, extra=extra, optim=optim,
+                      gradient=step.gradient, precision=step.precision, fast_step=step.fast_step,
+                      traced_step=step.traced_step)
     trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))
