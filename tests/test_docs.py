@@ -51,6 +51,7 @@ SHRINK = {
     "examples/swap_components.py": ["--epochs", "1", "--subset", "300"],
     "examples/semi_supervised.py": ["--epochs", "1", "--subset", "500"],
     "examples/frey_face.py": ["--epochs", "1"],
+    "examples/own_family.py": ["--epochs", "1", "--subset", "300"],
 }
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(fragment|output)\s*-->\s*$")
