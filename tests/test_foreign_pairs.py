@@ -329,7 +329,7 @@ def test_a_discrete_guide_site_under_a_reparameterized_only_elbo_names_the_site_
     pyro.clear_param_store()
     net = CellModel(8)
     with pytest.raises(PairError, match=r"guide site\(s\) 'y' \(OneHotCategorical\).*elbo='enum'") as e:
-        pyrovae.train(net.model, net.guide, cells(8), epochs=1, batch_size=8, elbo=elbo, gradient=gradient,
+        pyrovae.train(net.model, net.guide, cells(8), epochs=1, batch_size=8, elbo=elbo, step=pyrovae.StepSettings(gradient=gradient),
                       progress=False)
     assert "\n" not in str(e.value)
 
