@@ -33,6 +33,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.replay_messenger import ReplayMessenger
 from torch import nn
+from torch.distributions import Independent, TransformedDistribution
 
 from ..errors import PyrovaeError
 from .state import modes, modules_of, preserved
@@ -109,13 +110,26 @@ def _run(model, guide, args, kwargs, nesting, enumerate_, num_particles):
     return particle_traces(model, guide, num_particles, nesting, *args, **kwargs)
 
 
+def _transformed(site) -> bool:
+    """Whether a site's distribution is a transformed one (a flow): its log-density at a value it did
+    not draw itself inverts the transform (costly, and not every transform has an inverse)."""
+    fn = site["fn"]
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return isinstance(fn, TransformedDistribution)
+
+
 def _first_difference(vectorized, sequential, nesting: int, j: int, keep: bool) -> Optional[str]:
-    """Where particle j of the vectorized traces differs from its sequential replay (None: nowhere)."""
-    for vec_trace, seq_trace in zip(vectorized, sequential):
+    """Where particle j of the vectorized traces differs from its sequential replay (None: nowhere).
+    A replayed guide site of a transformed distribution is not compared (its log-density would
+    invert the flow); the model's sites downstream of it are."""
+    for vec_trace, seq_trace, replayed in zip(vectorized, sequential, (False, True)):
         seq_sites = sample_sites(seq_trace)
         for name, site in sample_sites(vec_trace).items():
             if name not in seq_sites:
                 return f"site {name!r} is missing from the sequential run"
+            if replayed and not site["is_observed"] and _transformed(seq_sites[name]):
+                continue
             vec = _particle(log_density(site), 0, nesting, j, keep)
             seq = log_density(seq_sites[name])
             try:
