@@ -160,8 +160,8 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
             return None  # the one-at-a-time run cannot run either: nothing to fall back to
         problem = _first_difference(vectorized, sequential, nesting, j, enumerate_)
         if problem is not None:
-            return (f"its vectorized particles differ from the same draws run one at a time ({problem}: a network "
-                    f"that does not broadcast over a leading particle dimension?)")
+            return (f"has vectorized particles that differ from the same draws run one at a time ({problem}: a "
+                    f"network that does not broadcast over a leading particle dimension?)")
     return None
 
 
