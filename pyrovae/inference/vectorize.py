@@ -29,12 +29,11 @@ import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
 
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.replay_messenger import ReplayMessenger
 from torch import nn
-from torch.distributions import TransformedDistribution
+from torch.distributions import Independent, TransformedDistribution
 
 from ..errors import PyrovaeError
 from .state import modes, modules_of, preserved
@@ -111,23 +110,25 @@ def _run(model, guide, args, kwargs, nesting, enumerate_, num_particles):
     return particle_traces(model, guide, num_particles, nesting, *args, **kwargs)
 
 
-def _inverts(fn) -> bool:
-    """Whether a guide site's log-density at a replayed value needs the inverse of its transforms (an
-    IAF guide): skipped in the comparison, whose model sites still see every replayed value. (The
-    inverse is costly, and Pyro's AffineAutoregressive inverts in float32 whatever the value's dtype.)"""
-    while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
+def _transformed(site) -> bool:
+    """Whether a site's distribution is a transformed one (a flow): its log-density at a value it did
+    not draw itself inverts the transform (costly, and not every transform has an inverse)."""
+    fn = site["fn"]
+    while isinstance(fn, Independent):
         fn = fn.base_dist
     return isinstance(fn, TransformedDistribution)
 
 
 def _first_difference(vectorized, sequential, nesting: int, j: int, keep: bool) -> Optional[str]:
-    """Where particle j of the vectorized traces differs from its sequential replay (None: nowhere)."""
-    for vec_trace, seq_trace, of_guide in zip(vectorized, sequential, (False, True)):
+    """Where particle j of the vectorized traces differs from its sequential replay (None: nowhere).
+    A replayed guide site of a transformed distribution is not compared (its log-density would
+    invert the flow); the model's sites downstream of it are."""
+    for vec_trace, seq_trace, replayed in zip(vectorized, sequential, (False, True)):
         seq_sites = sample_sites(seq_trace)
         for name, site in sample_sites(vec_trace).items():
             if name not in seq_sites:
                 return f"site {name!r} is missing from the sequential run"
-            if of_guide and _inverts(site["fn"]):
+            if replayed and not site["is_observed"] and _transformed(seq_sites[name]):
                 continue
             vec = _particle(log_density(site), 0, nesting, j, keep)
             seq = log_density(seq_sites[name])
@@ -159,8 +160,8 @@ def _verdict(model, guide, args, kwargs, nesting: int, enumerate_: bool) -> Opti
             return None  # the one-at-a-time run cannot run either: nothing to fall back to
         problem = _first_difference(vectorized, sequential, nesting, j, enumerate_)
         if problem is not None:
-            return (f"its vectorized particles differ from the same draws run one at a time ({problem}: a network "
-                    f"that does not broadcast over a leading particle dimension?)")
+            return (f"has vectorized particles that differ from the same draws run one at a time ({problem}: a "
+                    f"network that does not broadcast over a leading particle dimension?)")
     return None
 
 
