@@ -35,6 +35,19 @@ loop always follows the same one.
     python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
         [--batch 256 [20 100 ...]] [--pair builtin user] [--objective mean-field trace] [--quick]
 
+``--whole-call``: a whole ``pyrovae.train(...)`` call, from start to return, against a
+hand-written PyTorch loop of the same network in the same process, side by side — the user's pair
+(:class:`TutorialVAE`), ``elbo="mean-field"``, batch 256, a tensor of the 60,000 MNIST training
+images (grey levels, no test set, the progress bar on as by default, written to /dev/null), for
+1 and 3 epochs (``--epochs``); ``--repeats`` alternating rounds, each starting with a fresh model
+from the same seed, medians of the wall-clock seconds, the ratio hand-written ÷ pyrovae (> 1:
+pyrovae's call is the faster). Then a breakdown of one 1-epoch call under ``cProfile``: the
+seconds (cumulative, profiler overhead included) of what it does beyond the steps — the pair
+check, the validated first step, the fast step's reference check, the per-epoch evaluation, the
+divergence monitor, the progress bar — beside the steps themselves::
+
+    python benchmarks/train_throughput.py --whole-call [--epochs 1 3] [--repeats 5] [--threads 2]
+
 ``--quick`` (≈ 1–3 minutes on a loaded 2-core machine): 1,280 images, 5 rounds, one torch thread,
 mean-field, batches 20, 100 and 256, both pairs (each unless given). On a machine shared with
 other jobs, use one thread: two OpenMP threads contending for busy cores spin and wait, and a
@@ -43,6 +56,8 @@ step can take 30× longer; the CPU-time ratios are then the steadier ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import platform
 import statistics
@@ -219,8 +234,89 @@ def measure(pair, objective, batch, data, repeats, sink):
     return alternate(runs, len(data), repeats)
 
 
+def hand_written_call(x, epochs: int, batch: int, seed: int) -> None:
+    """The whole hand-written run: a fresh network, torch's Adam, shuffled minibatches, −ELBO × N/B."""
+    torch.manual_seed(seed)
+    vae = TutorialVAE()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    n = len(x)
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(batch):
+            loss = vae.loss(x[idx], "mean-field") * (n / len(idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def pyrovae_call(x, epochs: int, batch: int, seed: int) -> None:
+    """The whole ``pyrovae.train`` call a user writes for the same network (progress bar to /dev/null)."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    vae = TutorialVAE()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3)
+
+
+#: what a whole call does beyond its steps, by the function that does it (``cProfile``'s names)
+PARTS = {"pair check": ("pairs.py", "check_pair_on"), "first step (validated)": ("train.py", "step", 1),
+         "fast step's reference check": ("faststep.py", "_check"), "per-epoch evaluation": ("train.py", "evaluate"),
+         "divergence monitor": ("callbacks.py", "on_step", "DivergenceStop"),
+         "progress bar": ("callbacks.py", "on_step", "ProgressBar"),
+         "all steps": ("train.py", "step"), "whole call": ("train.py", "train")}
+
+
+def breakdown(x, batch: int) -> None:
+    """Seconds of each of :data:`PARTS` in one 1-epoch call under cProfile (cumulative times)."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.runcall(pyrovae_call, x, 1, batch, 0)
+    stats = pstats.Stats(profile).stats
+    seconds = {}
+    for (path, _, name), (calls, _, _, cumulative, _) in stats.items():
+        seconds.setdefault((os.path.basename(path), name), []).append((calls, cumulative))
+    per_step = sum(c for _, c in seconds.get(("train.py", "step"), [])) / max(1, math.ceil(len(x) / batch))
+    print(f"# breakdown of one 1-epoch call (cProfile, cumulative seconds; a step ≈ {per_step:.4f} s)")
+    for label, key in PARTS.items():
+        found = seconds.get(key[:2], [])
+        if label == "divergence monitor" or label == "progress bar":
+            found = [(calls, cum) for (path, _, name), (calls, _, _, cum, _) in stats.items()
+                     if name == "on_step" and os.path.basename(path) == "callbacks.py"
+                     and _defines(key[2], name)]
+        total = sum(cum for _, cum in found)
+        print(f"{label:<30}{total:>9.3f} s{total / per_step if per_step else 0:>9.1f} steps")
+
+
+def _defines(cls_name: str, method: str) -> bool:
+    from pyrovae.inference import callbacks
+    return method in vars(getattr(callbacks, cls_name))
+
+
+def whole_call(args) -> None:
+    x = load_dataset("mnist", "train").x[:args.subset]
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
+          f"pyro {pyro.__version__}; user's pair, mean-field, batch {args.whole_batch}, {len(x)} MNIST images, "
+          f"no test set; median wall-clock seconds of {args.repeats} alternating whole calls")
+    print(f"{'epochs':>6}{'pyrovae.train':>16}{'hand-written':>16}{'ratio':>8}", flush=True)
+    for epochs in args.epochs:
+        runs = {"pyrovae": pyrovae_call, "hand": hand_written_call}
+        seconds = {name: [] for name in runs}
+        for r in range(args.repeats):
+            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                start = time.perf_counter()
+                runs[name](x, epochs, args.whole_batch, r)
+                seconds[name].append(time.perf_counter() - start)
+        ours, hand = (statistics.median(seconds[n]) for n in ("pyrovae", "hand"))
+        print(f"{epochs:>6}{ours:>14.2f} s{hand:>14.2f} s{hand / ours:>8.3f}", flush=True)
+    breakdown(x, args.whole_batch)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--whole-call", action="store_true", help="whole pyrovae.train calls against a hand-written loop")
+    p.add_argument("--epochs", type=int, nargs="+", default=[1, 3], help="--whole-call: epochs per call")
+    p.add_argument("--whole-batch", type=int, default=256, help="--whole-call: the minibatch size")
     p.add_argument("--subset", type=int, default=20000, help="training images per epoch")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -239,6 +335,12 @@ def main():
             if flag not in given:
                 setattr(args, attr, value)
     torch.set_num_threads(args.threads)
+    if args.whole_call:
+        if "--subset" not in " ".join(sys.argv[1:]):
+            args.subset = 60000
+        if "--repeats" not in " ".join(sys.argv[1:]):
+            args.repeats = 5
+        return whole_call(args)
     data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
           f"pyro {pyro.__version__}; {args.subset} MNIST images (dynamic binarization), median of "

@@ -30,8 +30,11 @@ from ..files import write_text
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
-from ..inference.traces import pair_params, preserved_rng
-from ..inference.train import Term, load_params, resolve_device, train
+from ..inference.checkpoint import load_params
+from ..inference.device import resolve_device
+from ..inference.state import preserved_rng
+from ..inference.traces import pair_params
+from ..inference.train import Term, train
 from ..lab.report import bits_per_dim_summary, mean_se
 from ..model import FAMILIES, ConditionalVAE, SemiSupervisedVAE
 from ..model.compiled import compiled

@@ -8,6 +8,7 @@ the new one, never half of one. It is loaded with ``torch.load(weights_only=True
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict
 
 import torch
 
@@ -42,6 +43,20 @@ def load(path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint (expected format {FORMAT!r})")
     return state
+
+
+def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's parameters ``saved`` into the pair's ``params`` (name → tensor) in place;
+    CheckpointError when one is missing or of another shape."""
+    missing = sorted(set(params) - set(saved))
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != saved[name].shape:
+                raise CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
+                                      f"checkpoint but {list(p.shape)} in the model")
+            p.copy_(saved[name])
 
 
 def load_training(path, map_location="cpu") -> dict:

@@ -55,7 +55,8 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import PairError
-from .traces import dry_run, preserved_rng
+from .state import preserved_rng
+from .traces import dry_run
 
 __all__ = ["check_pair", "check_pair_on", "pair_problems", "support_within"]
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .. import checks
 from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
-from ..inference.traces import RngState, preserved_rng
+from ..inference.state import RngState, preserved_rng
 from .gradients import format_gradient_variance, gradient_variance
 from .report import standard_error, text_table
 
