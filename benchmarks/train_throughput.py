@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import platform
 import statistics
@@ -257,40 +256,59 @@ def pyrovae_call(x, epochs: int, batch: int, seed: int) -> None:
         pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3)
 
 
-#: what a whole call does beyond its steps, by the function that does it (``cProfile``'s names)
-PARTS = {"pair check": ("pairs.py", "check_pair_on"), "first step (validated)": ("train.py", "step", 1),
-         "fast step's reference check": ("faststep.py", "_check"), "per-epoch evaluation": ("train.py", "evaluate"),
-         "divergence monitor": ("callbacks.py", "on_step", "DivergenceStop"),
-         "progress bar": ("callbacks.py", "on_step", "ProgressBar"),
-         "all steps": ("train.py", "step"), "whole call": ("train.py", "train")}
+def _parts():
+    """label → (object, attribute) of what a whole call does, timed by :func:`breakdown`."""
+    import importlib
+
+    callbacks, faststep, train_module = (importlib.import_module(f"pyrovae.inference.{name}")
+                                         for name in ("callbacks", "faststep", "train"))
+    return {"construction (data, pair check, ELBO)": (train_module.Trainer, "__init__"),
+            "  of which the pair check": (train_module, "check_pair_on"),
+            "steps": (train_module.Trainer, "step"),
+            "  of which the fast step's check": (faststep.FastStep, "_check"),
+            "per-epoch evaluation": (train_module.Trainer, "evaluate"),
+            "divergence monitor": (callbacks.DivergenceStop, "on_step"),
+            "progress bar": (callbacks.ProgressBar, "on_step"),
+            "progress bar start/end": (callbacks.ProgressBar, "on_train_start"),
+            "whole call": (train_module.Trainer, "fit")}
+
+
+@contextlib.contextmanager
+def timing(parts: dict):
+    """Each (object, attribute) of ``parts`` wrapped to append its calls' seconds to ``seconds[label]``."""
+    seconds = {label: [] for label in parts}
+    saved = []
+    for label, (owner, name) in parts.items():
+        fn = getattr(owner, name)
+
+        def timed(*a, _fn=fn, _label=label, **k):
+            start = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                seconds[_label].append(time.perf_counter() - start)
+        saved.append((owner, name, fn))
+        setattr(owner, name, timed)
+    try:
+        yield seconds
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
 
 
 def breakdown(x, batch: int) -> None:
-    """Seconds of each of :data:`PARTS` in one 1-epoch call under cProfile (cumulative times)."""
-    import cProfile
-    import pstats
-
-    profile = cProfile.Profile()
-    profile.runcall(pyrovae_call, x, 1, batch, 0)
-    stats = pstats.Stats(profile).stats
-    seconds = {}
-    for (path, _, name), (calls, _, _, cumulative, _) in stats.items():
-        seconds.setdefault((os.path.basename(path), name), []).append((calls, cumulative))
-    per_step = sum(c for _, c in seconds.get(("train.py", "step"), [])) / max(1, math.ceil(len(x) / batch))
-    print(f"# breakdown of one 1-epoch call (cProfile, cumulative seconds; a step ≈ {per_step:.4f} s)")
-    for label, key in PARTS.items():
-        found = seconds.get(key[:2], [])
-        if label == "divergence monitor" or label == "progress bar":
-            found = [(calls, cum) for (path, _, name), (calls, _, _, cum, _) in stats.items()
-                     if name == "on_step" and os.path.basename(path) == "callbacks.py"
-                     and _defines(key[2], name)]
-        total = sum(cum for _, cum in found)
-        print(f"{label:<30}{total:>9.3f} s{total / per_step if per_step else 0:>9.1f} steps")
-
-
-def _defines(cls_name: str, method: str) -> bool:
-    from pyrovae.inference import callbacks
-    return method in vars(getattr(callbacks, cls_name))
+    """Seconds of each part of one 1-epoch whole call (:func:`_parts`), and in steps of the median step."""
+    with timing(_parts()) as seconds:
+        start = time.perf_counter()
+        pyrovae_call(x, 1, batch, 0)
+        total = time.perf_counter() - start
+    steps = seconds["steps"]
+    step = statistics.median(steps[2:]) if len(steps) > 2 else statistics.median(steps)
+    rows = {**{label: sum(v) for label, v in seconds.items()}, "  first step (validated, with the check)": steps[0],
+            "  later steps": sum(steps[1:]), "pyrovae_call (model built, train called)": total}
+    print(f"# one 1-epoch call, {len(steps)} steps, median step {step * 1e3:.2f} ms: seconds and steps' worth")
+    for label, value in rows.items():
+        print(f"{label:<44}{value:>9.3f} s{value / step:>9.1f} steps")
 
 
 def whole_call(args) -> None:

@@ -25,13 +25,17 @@ A graph holds fixed whatever the pair's code decided while it was recorded. What
   at recording, and its side effects (a counter, a stored tensor) happen only when it records. So a
   graph is checked against the fast step on the same draws at its first use (the loss and every
   gradient, 1e-6 relative: :func:`~pyrovae.inference.faststep.differs`; one that differs turns
-  tracing off for the run), and at the first step of every epoch (:meth:`TracedStep.recheck`) the
+  tracing off for the run), and at the first step of every epoch (every ``recheck_every`` steps,
+  :meth:`TracedStep.recheck`) the
   fast step takes the step and the graph's loss on the same draws is compared with it: if they
   differ, every graph is dropped and recorded again (the next steps).
 
-Which pairs are traced (``train(..., traced_step=...)``, ``train.traced_step``): ``"auto"`` (the
-default) the pairs of pyrovae's own models (their class says ``traceable = True``), ``"on"`` any
-pair the checks above let through, ``"off"`` none. What it saves: BENCHMARKS.md (issue 15 §3).
+:class:`TracedStep` is a ``pyro.infer.ELBO`` like the fast step it wraps (``pyro.infer.SVI`` or
+:func:`pyrovae.train`); :func:`speed_path` builds what the trainer runs. Which pairs are traced
+(``train(..., traced_step=...)``, ``train.traced_step``): ``"auto"`` (the default) where every
+part of the pair is pyrovae's own (:func:`traces_pair`: a pyrovae model whose modules are all
+pyrovae's or torch's, or a class that declares itself ``traceable``), ``"on"`` any pair the checks
+above let through, ``"off"`` none. What it saves: BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -17,9 +17,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from pyro.util import check_site_shape
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Independent, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 

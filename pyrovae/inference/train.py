@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import pyro
 import torch
@@ -41,8 +41,8 @@ from ..errors import CheckpointError, TrainingError  # noqa: F401 -- TrainingErr
 from . import checkpoint as ckpt
 from . import distributed
 from .arguments import ModelArguments, batch_size_of
-from .callbacks import (Callbacks, Checkpoint, DivergenceMonitor, DivergenceStop, KLWarmup,  # noqa: F401
-                        LRSchedule, ProgressBar, warmup_beta)
+from .callbacks import Callbacks, Checkpoint, DivergenceStop, KLWarmup, LRSchedule, ProgressBar
+from .callbacks import DivergenceMonitor, warmup_beta  # noqa: F401 -- where they were, for callers
 from .device import resolve_device
 from .elbos import innermost, make_elbo, scales_inside
 from .estimators import elbo_parts
