@@ -447,8 +447,8 @@ class Trainer:
             "metadata": metadata,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "rng": _rng_state(),
-            "rng_ranks": distributed.gather_objects(_rng_state()),  # several ranks: each one's, in rank order
+            "rng": ckpt.rng_state(),
+            "rng_ranks": distributed.gather_objects(ckpt.rng_state()),  # several ranks: each one's, in rank order
             "history": self.history,
             "config": config,
             "terms": [[t.passes, t.taken] for t in self.extra],
@@ -467,7 +467,7 @@ class Trainer:
         try:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state)
+            ckpt.restore_rng(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
@@ -480,25 +480,6 @@ class Trainer:
                                   f"{len(self.extra)}")
         for term, (passes, taken) in zip(self.extra, positions):
             term.seek(passes, taken)
-
-
-def _rng_state() -> dict:
-    """This process's random state: torch's CPU generator and every CUDA device's."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    """Restore this rank's random state from a checkpoint: its own when the checkpoint holds one per
-    rank of the same number of ranks, else rank 0's (then reseeded per rank, :func:`distributed.reseed_rank`)."""
-    ranks = state.get("rng_ranks") or []
-    own = len(ranks) == distributed.world_size()
-    rng = ranks[distributed.rank()] if own else state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if not own:
-        distributed.reseed_rank()
 
 
 def train(model, guide, data, *, epochs: int, batch_size: int = 128, lr: float = 1e-3, elbo: str = "trace",
