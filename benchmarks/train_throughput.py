@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 import pyrovae
 from pyrovae.data import load_dataset
+from pyrovae.inference.callbacks import Callbacks, ProgressBar
 from pyrovae.inference.train import Trainer
 
 LATENT, HIDDEN = 50, 400
@@ -181,25 +182,32 @@ def hand_written(network, data, objective, batch, fused: bool):
     return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective, batch)
 
 
-def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True, traced_step="auto") -> Trainer:
-    """pyrovae's trainer of the same VAE, with its own parameters (its own param store state,
-    put in place before each of its epochs by :func:`with_bar`)."""
+def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True, traced_step="auto"):
+    """pyrovae's trainer of the same VAE with its own parameters: (the trainer, its param store's
+    state, put in place before each of its epochs by :func:`with_bar`)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,)) if pair == "builtin" else TutorialVAE()
     trainer = Trainer(vae.model, vae.guide, data, batch_size=batch, lr=1e-3, elbo=objective, num_particles=1,
                       test_data=None, device="cpu", fast_step=fast_step, traced_step=traced_step)
-    trainer.store = pyro.get_param_store().get_state()
-    return trainer
+    return trainer, pyro.get_param_store().get_state()
 
 
-def with_bar(trainer: Trainer, sink):
+class SinkBar(ProgressBar):
+    """pyrovae.train's progress bar (updated every step), written to ``sink``."""
+
+    def __init__(self, sink):
+        self.bar = tqdm(total=10 ** 9, unit="step", desc="train", file=sink, mininterval=0.1)
+
+
+def with_bar(trainer_and_store, sink):
     """The trainer's epoch function, updating a progress bar every step as pyrovae.train does."""
-    bar = tqdm(total=10 ** 9, unit="step", desc="train", file=sink, mininterval=0.1)
+    trainer, store = trainer_and_store
+    bar = Callbacks([SinkBar(sink)])
 
     def epoch_fn(epoch):
         pyro.clear_param_store()  # two trainers: each with its own parameters under the pair's names
-        pyro.get_param_store().set_state(trainer.store)
+        pyro.get_param_store().set_state(store)
         trainer.run_epoch(epoch, bar)
     return epoch_fn
 
