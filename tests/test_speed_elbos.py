@@ -177,3 +177,16 @@ def test_traced_step_by_default_only_where_every_part_is_pyrovaes():
     assert not traces_pair("auto", mixed) and traces_pair("on", mixed)
     MyDecoder.traceable = True  # it declares itself traceable
     assert traces_pair("auto", mixed)
+
+
+def test_an_extra_term_gets_an_elbo_of_its_own():
+    """A Term without its own elbo gets a new ELBO of the main one's kind, not the main one's instance
+    (whose plate nesting and particle mode are the main pair's)."""
+    from pyrovae.inference.elbos import innermost
+    from pyrovae.inference.train import Trainer
+    pyro.clear_param_store()
+    vae, other = pyrovae.VAE((D,), 2, hidden=(8,)), pyrovae.VAE((D,), 2, hidden=(8,))
+    trainer = Trainer(vae.model, vae.guide, X, batch_size=20, elbo="mean-field", num_particles=3, test_data=None,
+                      device="cpu", extra=[pyrovae.Term(other.model, other.guide, X[:10])])
+    term_elbo = trainer.extra[0].elbo
+    assert isinstance(term_elbo, MeanField_ELBO) and term_elbo is not innermost(trainer.elbo)

@@ -241,9 +241,9 @@ class Trainer:
         self.pair = with_precision((model, guide), precision, self.device)
         self.shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
         self.batch_points = 0  # the datapoints of the last step, over all ranks
-        elbo, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
+        main, self.params = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
         mode, modules = traced_mode(traced_step), modules_of(model, guide)
-        self.elbo = speed_path(elbo, fast=fast_step and not validate, traced=traces_pair(mode, _owner(model)),
+        self.elbo = speed_path(main, fast=fast_step and not validate, traced=traces_pair(mode, _owner(model)),
                                modules=modules, warn=mode == "on",
                                recheck_every=math.ceil(len(self.data) / self.batch_size))
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
