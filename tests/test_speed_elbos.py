@@ -190,3 +190,25 @@ def test_an_extra_term_gets_an_elbo_of_its_own():
                       device="cpu", extra=[pyrovae.Term(other.model, other.guide, X[:10])])
     term_elbo = trainer.extra[0].elbo
     assert isinstance(term_elbo, MeanField_ELBO) and term_elbo is not innermost(trainer.elbo)
+
+
+def test_traced_step_in_svi_updates_batchnorm_statistics_as_pyros_elbo():
+    """A pair with BatchNorm1d and Dropout through TracedStep(FastStep(MeanField_ELBO)) in SVI: the
+    same losses and the same running statistics after 5 steps (check, recording, replays) as
+    MeanField_ELBO itself — recording and checks update nothing beyond what each step does."""
+    def run(make_elbo):
+        pyro.clear_param_store()
+        torch.manual_seed(3)
+        pair = Normed()
+        pyro.set_rng_seed(5)
+        svi = SVI(pair.model, pair.guide, Adam({"lr": 1e-2}), make_elbo())
+        with pyro.validation_enabled(False):
+            losses = [svi.step(X) for _ in range(5)]
+        return losses, {k: v.clone() for k, v in pair.state_dict().items() if "running" in k or "num_batches" in k}
+    traced = []
+    losses, buffers = run(lambda: traced.append(TracedStep(FastStep(MeanField_ELBO(max_plate_nesting=1)))) or traced[0])
+    losses_ref, buffers_ref = run(lambda: MeanField_ELBO(max_plate_nesting=1))
+    assert traced[0].tracing and traced[0].graphs, traced[0].why_not
+    assert losses == losses_ref
+    assert all(torch.equal(buffers[k], buffers_ref[k]) for k in buffers_ref)
+    assert buffers["enc.1.num_batches_tracked"].item() == 5
