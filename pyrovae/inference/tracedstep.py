@@ -179,10 +179,12 @@ class TracedStep(Wrapper):
             if len(self.graphs) > MAX_GRAPHS:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
-        if not graph.checked:
-            return self._check(key, graph, model, guide, args, kwargs, tensors)
-        if self.rechecking:
-            return self._recheck(graph, model, guide, args, kwargs, tensors)
+        if not graph.checked or self.rechecking:  # the fast step on the same draws first
+            eager = self._eager(model, guide, args, kwargs)
+            if eager is None:  # its sites changed: the Pyro ELBO takes the step
+                return self.fast.loss_and_grads(model, guide, *args, **kwargs)
+            compare = self._recheck if graph.checked else self._check
+            return compare(graph, tensors, *eager, lambda: self.fast.loss_and_grads(model, guide, *args, **kwargs))
         loss, surrogate = self.fast.finish(graph(tensors))
         if surrogate.requires_grad:
             surrogate.backward()
@@ -246,13 +248,9 @@ class TracedStep(Wrapper):
             return self.fast.turn_off("the pair's sites changed between steps")
         return (before, *self.fast.losses(*sites))
 
-    def _check(self, key, graph: Graph, model, guide, args, kwargs, tensors) -> float:
-        """A new graph and the fast step on the same draws: the graph's numbers if their losses and
-        gradients agree, else the fast step's, and tracing off."""
-        eager = self._eager(model, guide, args, kwargs)
-        if eager is None:
-            return self.fast.loss_and_grads(model, guide, *args, **kwargs)
-        before, reference, ref_surrogate = eager
+    def _check(self, graph: Graph, tensors, before: Snapshot, reference: float, ref_surrogate, fast_step) -> float:
+        """A new graph and the fast step's run (:meth:`_eager`) on the same draws: the graph's numbers
+        if their losses and gradients agree, else ``fast_step()``'s from the state before, and tracing off."""
         params = trainable_params()
         ref_grads = gradients(ref_surrogate, params)
         if not all_finite([ref_surrogate, *ref_grads]):
@@ -265,19 +263,15 @@ class TracedStep(Wrapper):
         if why:
             self._turn_off(f"its recorded step differs from the pair's ({why})")
             before.restore()
-            return self.fast.loss_and_grads(model, guide, *args, **kwargs)
+            return fast_step()
         graph.checked, self.rechecking = True, False  # compared in full: this step needs no recheck
         add_grads(params, grads)
         return loss
 
-    def _recheck(self, graph: Graph, model, guide, args, kwargs, tensors) -> float:
-        """The fast step takes this step; the graph's loss on the same draws (no gradients) must be
-        its loss, else every graph is dropped (what the pair's code reads has changed)."""
+    def _recheck(self, graph: Graph, tensors, before: Snapshot, reference: float, ref_surrogate, fast_step) -> float:
+        """The fast step's run (:meth:`_eager`) takes this step; the graph's loss on the same draws (no
+        gradients) must be its loss, else every graph is dropped (what the pair's code reads has changed)."""
         self.rechecking = False
-        eager = self._eager(model, guide, args, kwargs)
-        if eager is None:
-            return self.fast.loss_and_grads(model, guide, *args, **kwargs)
-        before, reference, ref_surrogate = eager
         if ref_surrogate.requires_grad:
             ref_surrogate.backward()
         with preserved(self.modules):  # the graph's run on the same draws leaves the eager step's state
