@@ -65,13 +65,13 @@ class MeanField_ELBO(ELBO):
     Why not a subclass of ``TraceMeanField_ELBO``: it used to be one, overriding its private
     ``_get_trace`` and ``_differentiable_loss_particle``, whose names, signatures and call order
     Pyro may change in any release (``pyro-ppl>=1.9`` allows all of them) — an upgrade could then
-    have silently mixed Pyro's code with ours. It now builds on Pyro's public API only: the
-    ``ELBO`` base class (its constructor options and ``__call__``), ``loss``,
-    ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
+    have silently mixed Pyro's code with ours. It now builds on the ``ELBO`` base class (its
+    constructor options, ``__call__``, and the particle loop every Pyro ELBO inherits,
+    ``_get_traces``, which calls the one hook ``ELBO`` declares abstract, ``_get_trace``, implemented
+    here), ``loss``, ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
     (``get_importance_trace``, ``Trace.compute_log_prob``/``compute_score_parts``, the checks in
-    ``pyro.util`` and ``pyro.infer.util``). It calls no private Pyro method; ``_get_trace`` below
-    is the one hook ``ELBO`` declares abstract, implemented here and called only by this class.
-    Particles are drawn as Pyro's ELBOs draw them (a ``num_particles_vectorized`` plate, or a loop),
+    ``pyro.util`` and ``pyro.infer.util``); it overrides no private Pyro method. Particles are
+    drawn by the base class as by Pyro's ELBOs (a ``num_particles_vectorized`` plate, or a loop),
     so seeds give the same draws. (``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore
     False.) Pinning Pyro to the release whose internals it mirrored was the alternative; not pinning
     keeps pyrovae installable next to newer Pyro releases.
