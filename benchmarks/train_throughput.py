@@ -35,6 +35,19 @@ loop always follows the same one.
     python benchmarks/train_throughput.py [--subset 20000] [--repeats 9] [--threads 2]
         [--batch 256 [20 100 ...]] [--pair builtin user] [--objective mean-field trace] [--quick]
 
+``--whole-call``: a whole ``pyrovae.train(...)`` call, from start to return, against a
+hand-written PyTorch loop of the same network in the same process, side by side — the user's pair
+(:class:`TutorialVAE`), ``elbo="mean-field"``, batch 256, a tensor of the 60,000 MNIST training
+images (grey levels, no test set, the progress bar on as by default, written to /dev/null), for
+1 and 3 epochs (``--epochs``); ``--repeats`` alternating rounds, each starting with a fresh model
+from the same seed, medians of the wall-clock seconds, the ratio hand-written ÷ pyrovae (> 1:
+pyrovae's call is the faster). Then a breakdown of one 1-epoch call under ``cProfile``: the
+seconds (cumulative, profiler overhead included) of what it does beyond the steps — the pair
+check, the validated first step, the fast step's reference check, the per-epoch evaluation, the
+divergence monitor, the progress bar — beside the steps themselves::
+
+    python benchmarks/train_throughput.py --whole-call [--epochs 1 3] [--repeats 5] [--threads 2]
+
 ``--quick`` (≈ 1–3 minutes on a loaded 2-core machine): 1,280 images, 5 rounds, one torch thread,
 mean-field, batches 20, 100 and 256, both pairs (each unless given). On a machine shared with
 other jobs, use one thread: two OpenMP threads contending for busy cores spin and wait, and a
@@ -43,6 +56,7 @@ step can take 30× longer; the CPU-time ratios are then the steadier ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -59,6 +73,7 @@ from tqdm.auto import tqdm
 
 import pyrovae
 from pyrovae.data import load_dataset
+from pyrovae.inference.callbacks import Callbacks, ProgressBar
 from pyrovae.inference.train import Trainer
 
 LATENT, HIDDEN = 50, 400
@@ -167,25 +182,32 @@ def hand_written(network, data, objective, batch, fused: bool):
     return lambda epoch: hand_written_epoch(vae, opt, data, epoch, objective, batch)
 
 
-def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True, traced_step="auto") -> Trainer:
-    """pyrovae's trainer of the same VAE, with its own parameters (its own param store state,
-    put in place before each of its epochs by :func:`with_bar`)."""
+def pyrovae_trainer(pair, data, objective, batch, fast_step: bool = True, traced_step="auto"):
+    """pyrovae's trainer of the same VAE with its own parameters: (the trainer, its param store's
+    state, put in place before each of its epochs by :func:`with_bar`)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = pyrovae.VAE((28, 28), LATENT, hidden=(HIDDEN,)) if pair == "builtin" else TutorialVAE()
     trainer = Trainer(vae.model, vae.guide, data, batch_size=batch, lr=1e-3, elbo=objective, num_particles=1,
                       test_data=None, device="cpu", fast_step=fast_step, traced_step=traced_step)
-    trainer.store = pyro.get_param_store().get_state()
-    return trainer
+    return trainer, pyro.get_param_store().get_state()
 
 
-def with_bar(trainer: Trainer, sink):
+class SinkBar(ProgressBar):
+    """pyrovae.train's progress bar (updated every step), written to ``sink``."""
+
+    def __init__(self, sink):
+        self.bar = tqdm(total=10 ** 9, unit="step", desc="train", file=sink, mininterval=0.1)
+
+
+def with_bar(trainer_and_store, sink):
     """The trainer's epoch function, updating a progress bar every step as pyrovae.train does."""
-    bar = tqdm(total=10 ** 9, unit="step", desc="train", file=sink, mininterval=0.1)
+    trainer, store = trainer_and_store
+    bar = Callbacks([SinkBar(sink)])
 
     def epoch_fn(epoch):
         pyro.clear_param_store()  # two trainers: each with its own parameters under the pair's names
-        pyro.get_param_store().set_state(trainer.store)
+        pyro.get_param_store().set_state(store)
         trainer.run_epoch(epoch, bar)
     return epoch_fn
 
@@ -219,8 +241,108 @@ def measure(pair, objective, batch, data, repeats, sink):
     return alternate(runs, len(data), repeats)
 
 
+def hand_written_call(x, epochs: int, batch: int, seed: int) -> None:
+    """The whole hand-written run: a fresh network, torch's Adam, shuffled minibatches, −ELBO × N/B."""
+    torch.manual_seed(seed)
+    vae = TutorialVAE()
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    n = len(x)
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(batch):
+            loss = vae.loss(x[idx], "mean-field") * (n / len(idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def pyrovae_call(x, epochs: int, batch: int, seed: int) -> None:
+    """The whole ``pyrovae.train`` call a user writes for the same network (progress bar to /dev/null)."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    vae = TutorialVAE()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3)
+
+
+def _parts():
+    """label → (object, attribute) of what a whole call does, timed by :func:`breakdown`."""
+    import importlib
+
+    callbacks, faststep, train_module = (importlib.import_module(f"pyrovae.inference.{name}")
+                                         for name in ("callbacks", "faststep", "train"))
+    return {"construction (data, pair check, ELBO)": (train_module.Trainer, "__init__"),
+            "  of which the pair check": (train_module, "check_pair_on"),
+            "steps": (train_module.Trainer, "step"),
+            "  of which the fast step's check": (faststep.FastStep, "_check"),
+            "per-epoch evaluation": (train_module.Trainer, "evaluate"),
+            "divergence monitor": (callbacks.DivergenceStop, "on_step"),
+            "progress bar": (callbacks.ProgressBar, "on_step"),
+            "progress bar start/end": (callbacks.ProgressBar, "on_train_start"),
+            "whole call": (train_module.Trainer, "fit")}
+
+
+@contextlib.contextmanager
+def timing(parts: dict):
+    """Each (object, attribute) of ``parts`` wrapped to append its calls' seconds to ``seconds[label]``."""
+    seconds = {label: [] for label in parts}
+    saved = []
+    for label, (owner, name) in parts.items():
+        fn = getattr(owner, name)
+
+        def timed(*a, _fn=fn, _label=label, **k):
+            start = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                seconds[_label].append(time.perf_counter() - start)
+        saved.append((owner, name, fn))
+        setattr(owner, name, timed)
+    try:
+        yield seconds
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
+def breakdown(x, batch: int) -> None:
+    """Seconds of each part of one 1-epoch whole call (:func:`_parts`), and in steps of the median step."""
+    with timing(_parts()) as seconds:
+        start = time.perf_counter()
+        pyrovae_call(x, 1, batch, 0)
+        total = time.perf_counter() - start
+    steps = seconds["steps"]
+    step = statistics.median(steps[2:]) if len(steps) > 2 else statistics.median(steps)
+    rows = {**{label: sum(v) for label, v in seconds.items()}, "  first step (validated, with the check)": steps[0],
+            "  later steps": sum(steps[1:]), "pyrovae_call (model built, train called)": total}
+    print(f"# one 1-epoch call, {len(steps)} steps, median step {step * 1e3:.2f} ms: seconds and steps' worth")
+    for label, value in rows.items():
+        print(f"{label:<44}{value:>9.3f} s{value / step:>9.1f} steps")
+
+
+def whole_call(args) -> None:
+    x = load_dataset("mnist", "train").x[:args.subset]
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
+          f"pyro {pyro.__version__}; user's pair, mean-field, batch {args.whole_batch}, {len(x)} MNIST images, "
+          f"no test set; median wall-clock seconds of {args.repeats} alternating whole calls")
+    print(f"{'epochs':>6}{'pyrovae.train':>16}{'hand-written':>16}{'ratio':>8}", flush=True)
+    for epochs in args.epochs:
+        runs = {"pyrovae": pyrovae_call, "hand": hand_written_call}
+        seconds = {name: [] for name in runs}
+        for r in range(args.repeats):
+            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                start = time.perf_counter()
+                runs[name](x, epochs, args.whole_batch, r)
+                seconds[name].append(time.perf_counter() - start)
+        ours, hand = (statistics.median(seconds[n]) for n in ("pyrovae", "hand"))
+        print(f"{epochs:>6}{ours:>14.2f} s{hand:>14.2f} s{hand / ours:>8.3f}", flush=True)
+    breakdown(x, args.whole_batch)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--whole-call", action="store_true", help="whole pyrovae.train calls against a hand-written loop")
+    p.add_argument("--epochs", type=int, nargs="+", default=[1, 3], help="--whole-call: epochs per call")
+    p.add_argument("--whole-batch", type=int, default=256, help="--whole-call: the minibatch size")
     p.add_argument("--subset", type=int, default=20000, help="training images per epoch")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -239,6 +361,12 @@ def main():
             if flag not in given:
                 setattr(args, attr, value)
     torch.set_num_threads(args.threads)
+    if args.whole_call:
+        if "--subset" not in " ".join(sys.argv[1:]):
+            args.subset = 60000
+        if "--repeats" not in " ".join(sys.argv[1:]):
+            args.repeats = 5
+        return whole_call(args)
     data = load_dataset("mnist", "train", binarize="dynamic", subset=args.subset)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
           f"pyro {pyro.__version__}; {args.subset} MNIST images (dynamic binarization), median of "

@@ -22,6 +22,7 @@ import pyrovae
 from pyrovae.errors import PairError
 from pyrovae.inference import estimators
 from pyrovae.inference.estimators import log_weights
+from pyrovae.inference.elbos import innermost
 from pyrovae.inference.train import Trainer
 
 D, K, L, B = 6, 3, 2, 16   # data, classes, latent, batch
@@ -431,7 +432,7 @@ def test_train_with_the_enum_elbo_improves_the_enumerated_elbo(form, num_particl
         before = pyrovae.mc_elbo(ss.model, ss.guide_enum, x_test, num_particles=20).mean().item()
     trainer = Trainer(ss.model, ss.guide_enum, unlabeled, batch_size=60, lr=0.02, elbo="enum",
                       num_particles=num_particles, test_data=None, device="cpu")
-    assert isinstance(trainer.elbo, TraceEnum_ELBO)
+    assert isinstance(innermost(trainer.elbo), TraceEnum_ELBO)
     assert trainer.elbo.max_plate_nesting == 1 + (num_particles > 1)   # the data plate, and the particles'
     extra = pyrovae.Term(ss.model, ss.guide, labeled, elbo="trace", batch_size=20)   # y observed: nothing to sum
     rows = pyrovae.train(ss.model, ss.guide_enum, unlabeled, test_data=test, epochs=15, batch_size=60, lr=0.02,

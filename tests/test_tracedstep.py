@@ -89,7 +89,7 @@ def test_python_on_tensor_values_keeps_the_fast_step():
 def traced_calls(step, model, guide, calls):
     """Each (args, kwargs) of ``calls`` through ``step``, with validation off as in the trainer."""
     with pyro.validation_enabled(False):
-        return [step.loss_and_grads(model, guide, args, kwargs) for args, kwargs in calls]
+        return [step.loss_and_grads(model, guide, *args, **kwargs) for args, kwargs in calls]
 
 
 def kwarg_pair():
@@ -205,7 +205,8 @@ def train_runs(make, traced, epochs=3, elbo="mean-field", on_epoch=None, batch=5
                       test_data=None, device="cpu", traced_step=traced, precision=precision)
     history = []
     for e in range(1, epochs + 1):
-        history.append(trainer.run_epoch(e, beta=beta(e)))
+        trainer.set_beta(beta(e))
+        history.append(trainer.run_epoch(e))
         if on_epoch:
             on_epoch(owner, e)
     return history, {k: p.detach().clone() for k, p in trainer.params.items()}, trainer
@@ -222,7 +223,7 @@ def test_state_a_callback_changes_between_epochs_is_caught_by_the_epochs_recheck
     h_traced, p_traced, trainer = train_runs(Annealed, "on", epochs=4, on_epoch=anneal, x=x)
     h_plain, p_plain, _ = train_runs(Annealed, "off", epochs=4, on_epoch=anneal, x=x)
     assert h_traced == h_plain and all(torch.equal(p_traced[k], p_plain[k]) for k in p_plain)
-    assert trainer.fast.tracing and trainer.fast.recorded == 4, trainer.fast.why_not  # again after each change
+    assert trainer.elbo.tracing and trainer.elbo.recorded == 4, trainer.elbo.why_not  # again after each change
 
 
 @pytest.mark.parametrize("elbo", ["trace", "mean-field"])
@@ -231,14 +232,14 @@ def test_the_trainer_traces_pyrovaes_models_by_default_with_the_same_numbers(elb
         warnings.simplefilter("error")
         h_auto, p_auto, trainer = train_runs(small_vae, "auto", elbo=elbo)
     h_off, p_off, plain = train_runs(small_vae, "off", elbo=elbo)
-    assert isinstance(trainer.fast, TracedStep) and isinstance(plain.fast, FastStep)
-    assert trainer.fast.tracing and len(trainer.fast.graphs) == 2  # batches of 5 and the last of 2
+    assert isinstance(trainer.elbo, TracedStep) and isinstance(plain.elbo, FastStep)
+    assert trainer.elbo.tracing and len(trainer.elbo.graphs) == 2  # batches of 5 and the last of 2
     assert h_auto == h_off and all(torch.equal(p_auto[k], p_off[k]) for k in p_off)
 
 
 def test_auto_leaves_users_pairs_to_the_fast_step_and_on_traces_them():
-    assert not isinstance(train_runs(Plain, "auto", epochs=1)[2].fast, TracedStep)
-    assert train_runs(Plain, "on", epochs=2)[2].fast.tracing
+    assert not isinstance(train_runs(Plain, "auto", epochs=1)[2].elbo, TracedStep)
+    assert train_runs(Plain, "on", epochs=2)[2].elbo.tracing
 
 
 class Plain(Annealed):
@@ -256,7 +257,7 @@ def test_auto_falls_back_quietly_where_a_step_cannot_be_recorded():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         trainer = train_runs(Branching, "auto", epochs=2)[2]
-    assert not trainer.fast.tracing and "cannot be recorded" in trainer.fast.why_not and trainer.fast.state == "on"
+    assert not trainer.elbo.tracing and "cannot be recorded" in trainer.elbo.why_not and trainer.elbo.state == "on"
 
 
 @pytest.mark.parametrize("value, mode", [("auto", "auto"), ("on", "on"), ("off", "off"), (True, "on"), (False, "off")])
@@ -311,7 +312,7 @@ def test_autoguides_constrained_parameters_are_traced_to_the_bit(pair, elbo):
 def test_bf16_networks_are_traced_with_the_same_numbers():
     """precision="bf16": the networks under torch.autocast; the graph holds the casts autocast made."""
     h_on, _, on = train_runs(small_vae, "on", precision="bf16")
-    assert on.fast.tracing and on.fast.graphs and h_on == train_runs(small_vae, "off", precision="bf16")[0]
+    assert on.elbo.tracing and on.elbo.graphs and h_on == train_runs(small_vae, "off", precision="bf16")[0]
 
 
 @pytest.mark.parametrize("family", ["conditional", "two-layer", "vamp"])
@@ -323,7 +324,7 @@ def test_pyrovaes_other_models_are_traced_with_the_same_numbers(family):
             "vamp": lambda: pyrovae.VAE((D,), 2, hidden=(8,), prior="vamp", prior_options={"components": 4})}[family]
     data = (X, y) if family == "conditional" else X
     h_auto, _, auto = train_runs(make, "auto", x=data)
-    assert auto.fast.tracing and len(auto.fast.graphs) == 2, auto.fast.why_not
+    assert auto.elbo.tracing and len(auto.elbo.graphs) == 2, auto.elbo.why_not
     assert h_auto == train_runs(make, "off", x=data)[0]
 
 
@@ -332,5 +333,5 @@ def test_a_kl_warm_up_records_a_graph_per_beta_with_the_same_numbers():
     x = torch.rand(100, D, generator=torch.Generator().manual_seed(3)).bernoulli()
     options = dict(epochs=4, elbo="trace", batch=10, x=x, beta=lambda epoch: min(1.0, epoch / 3))
     h_auto, _, auto = train_runs(small_vae, "auto", **options)
-    assert auto.fast.tracing and auto.fast.recorded == 3, auto.fast.why_not  # β = 1/3, 2/3, 1
+    assert auto.elbo.tracing and auto.elbo.recorded == 3, auto.elbo.why_not  # β = 1/3, 2/3, 1
     assert h_auto == train_runs(small_vae, "off", **options)[0]

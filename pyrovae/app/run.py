@@ -32,11 +32,13 @@ from ..schema import switch
 from ..inference import checkpoint as ckpt
 from ..inference import distributed
 from ..inference import estimators as est
+from ..inference.checkpoint import load_params
+from ..inference.device import resolve_device
 from ..inference.optim import OptimizerSettings
 from ..inference.settings import StepSettings
-from ..inference.state import modes, modules_of
-from ..inference.traces import pair_params, preserved_rng
-from ..inference.train import Term, load_params, resolve_device, train
+from ..inference.state import modes, modules_of, preserved_rng
+from ..inference.traces import pair_params
+from ..inference.train import Term, train
 from ..lab.report import bits_per_dim_summary, mean_se
 from ..lab.compare import closed_form_problem, score_batches
 from ..model import FAMILIES

@@ -7,7 +7,12 @@
 ``elbos``        Pyro's ELBOs by name (:data:`ELBOS`) and :class:`MeanField_ELBO`
 ``pathwise``     lower-variance gradients: :class:`STL_ELBO` (sticking the landing), :class:`DReG_IWAE`
 ``optim``        Adam's settings, learning-rate schedules by name (Burda et al.'s), gradient clipping
-``callbacks``    the callback protocol a training run calls (start, step, epoch end, end)
+``state``        what a check may touch and how it is put back: modules, modes, buffers, the random state
+``faststep``     the fast step, an ELBO standing in for Trace/mean-field without Pyro's traces, checked
+``tracedstep``   the fast step recorded once as a graph and replayed, an ELBO, checked; ``speed_path``
+``callbacks``    the callback protocol a training run calls, and the trainer's own callbacks (schedule,
+                 warm-up, divergence stop, checkpoint, progress bar)
+``device``       a device name resolved to a ``torch.device``
 ``precision``    bf16 networks under ``torch.autocast``, log-densities in float32
 ``distributed``  data-parallel training under ``torchrun`` (gloo/NCCL): shards, all-reduce, rank 0 writes
 ``train``        :func:`train`: SVI over a data set, minibatches scaled to its size, checkpoints

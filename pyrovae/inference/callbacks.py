@@ -5,6 +5,7 @@
 ==================  ================================================================================
 ``on_train_start``  once, before the first epoch of this session (after a checkpoint was resumed:
                     ``state.history`` then holds the epochs already done)
+``on_epoch_start``  before every epoch's first step (``state.epoch`` is the epoch about to run)
 ``on_step``         after every SVI step (one minibatch of the main data, and one of each extra term)
 ``on_epoch_end``    after every epoch, once its history row is appended and its checkpoint written
 ``on_train_end``    once, when training stops: after the last epoch, or when an exception (a
@@ -12,7 +13,8 @@
 ==================  ================================================================================
 
 Each is given the ``state``, the :class:`~pyrovae.inference.train.Trainer` of the run, which
-exposes (read them, do not assign them):
+exposes (read them, do not assign them; what a run changes it changes through the trainer's
+methods ``set_lr`` and ``set_beta``, as :class:`LRSchedule` and :class:`KLWarmup` do):
 
 ========================  ==========================================================================
 ``history``               the rows of the epochs done, a list of dicts: ``epoch``, ``train_elbo``,
@@ -31,7 +33,6 @@ exposes (read them, do not assign them):
 ``pair``                  ``(model, guide)``; ``params`` their parameters by name; ``optimizer``
 ``data``, ``test``        the data (``len(state.data)`` = N) and the test data (None without it)
 ``device``                the ``torch.device`` training runs on
-``checkpoint``            the checkpoint path (None without one)
 ``error``                 in ``on_train_end``: None when every epoch ran, else the exception that
                           stopped training (it is raised again after the callbacks)
 ========================  ==========================================================================
@@ -42,18 +43,25 @@ A callback that only counts or prints subclasses :class:`Callback` and overrides
         def on_epoch_end(self, state):
             print(state.epoch, state.history[-1]["kl"])
 
-The run directory's writers (``metrics.csv``, TensorBoard, MLflow: :mod:`pyrovae.app.logs`) are
-callbacks too. Callbacks are called in the order given; one that raises stops training (the
+What :func:`~pyrovae.inference.train.train` does around the steps is made of callbacks too, in
+this order: :class:`LRSchedule` (the learning rate of each epoch), :class:`KLWarmup` (β of each
+epoch), :class:`DivergenceStop` (stop a diverging run), :class:`Checkpoint` (write one after every
+epoch), :class:`ProgressBar`; then the caller's. The run directory's writers (``metrics.csv``,
+TensorBoard, MLflow: :mod:`pyrovae.app.logs`) are callbacks as well. Callbacks are called in the order given; one that raises stops training (the
 others still get ``on_train_end``).
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import InputTypeError
+from ..errors import InputTypeError, TrainingError
+from . import checkpoint as ckpt
+from . import distributed
 
 #: the methods of the protocol, in the order a run calls them
-HOOKS = ("on_train_start", "on_step", "on_epoch_end", "on_train_end")
+HOOKS = ("on_train_start", "on_epoch_start", "on_step", "on_epoch_end", "on_train_end")
 
 
 class Callback:
@@ -65,6 +73,9 @@ class Callback:
 
     def on_train_start(self, state) -> None:
         """Before the first epoch of this session (``state.history``: the epochs resumed)."""
+
+    def on_epoch_start(self, state) -> None:
+        """Before every epoch's first step (``state.epoch``: the epoch about to run)."""
 
     def on_step(self, state) -> None:
         """After every SVI step (``state.loss``, ``state.steps``, ``state.samples_per_second``)."""
@@ -126,3 +137,133 @@ class Callbacks:
                 first = first or e
         if first is not None and state.error is None:
             raise first
+
+
+class LRSchedule(Callback):
+    """The learning rate of each epoch from ``optim`` (:class:`pyrovae.inference.optim.OptimizerSettings`:
+    its schedule), set before the epoch's first step."""
+
+    def __init__(self, optim):
+        self.optim = optim
+
+    def on_epoch_start(self, state) -> None:
+        state.set_lr(self.optim.lr_at(state.epoch))
+
+
+def warmup_beta(epoch: int, kl_warmup: int) -> float:
+    """β of epoch ``epoch`` (from 1): min(1, epoch / kl_warmup), and 1 without warm-up."""
+    return 1.0 if kl_warmup == 0 else min(1.0, epoch / kl_warmup)
+
+
+class KLWarmup(Callback):
+    """KL warm-up over ``epochs`` epochs: before epoch e the latent sites' weight β =
+    min(1, e / epochs) (:func:`warmup_beta`; the trainer's ``ScaleLatents``), so that training
+    maximises E_q[log p(x|z)] − β KL(q ‖ p) (Sønderby et al. 2016)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_start(self, state) -> None:
+        state.set_beta(warmup_beta(state.epoch, self.epochs))
+
+
+class Checkpoint(Callback):
+    """After every epoch, the run's state (parameters, optimizer and random states, history,
+    ``config`` and ``metadata``) written atomically to ``path`` (:mod:`pyrovae.inference.checkpoint`;
+    in data-parallel training every rank gives its random state and rank 0 writes).
+    ``saved``: the epochs the file holds (those resumed at the start)."""
+
+    def __init__(self, path, config=None, metadata=None):
+        self.path, self.config, self.metadata, self.saved = Path(path), config, metadata, 0
+
+    def on_train_start(self, state) -> None:
+        self.saved = len(state.history)
+
+    def on_epoch_end(self, state) -> None:
+        saved = state.checkpoint_state(self.config, self.metadata)  # on every rank: it gathers their random states
+        if distributed.is_main():
+            ckpt.save(self.path, saved)
+        distributed.barrier()
+        self.saved = len(state.history)
+
+
+#: a step's loss beyond this many times the session's starting scale is divergence
+DIVERGENCE_FACTOR = 1e3
+
+
+class DivergenceMonitor:
+    """Watches the loss per datapoint of each step. It has diverged when it is non-finite, or when
+    |loss| > ``DIVERGENCE_FACTOR`` × (|loss of the first step| + 1 nat).
+
+    The first step's loss is that of the model as the session found it (untrained, or as resumed),
+    which for a VAE is about the largest a sound run sees: training lowers it, a KL warm-up or a
+    loss crossing zero moves it by a factor of a few. A learning rate that is far too large sends
+    it to 1e10 and beyond within a few steps, often without reaching NaN. (A running average
+    would follow a loss that grows by a factor of ten per step and never flag it.)
+    """
+
+    def __init__(self):
+        self.scale = None
+
+    def diverged(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return True
+        if self.scale is None:
+            self.scale = abs(loss)
+        return abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0)
+
+
+class DivergenceStop(Callback):
+    """Stop a diverging run with a :class:`~pyrovae.errors.TrainingError` that says where (epoch,
+    step), why, and which checkpoint is kept: a step whose loss is non-finite (named by the
+    trainer's ``why_not_finite``) or jumps (:class:`DivergenceMonitor`), or a parameter holding
+    NaN/Inf at an epoch's end — checked before the epoch's :class:`Checkpoint` (given as
+    ``checkpoint``) writes, so a good checkpoint is never overwritten by a diverged one."""
+
+    def __init__(self, checkpoint: Optional[Checkpoint] = None):
+        self.checkpoint, self.monitor, self.step = checkpoint, DivergenceMonitor(), 0
+
+    def on_epoch_start(self, state) -> None:
+        self.step = 0
+
+    def on_step(self, state) -> None:
+        self.step += 1
+        if not math.isfinite(state.loss):
+            self.stop(state, self.step, state.why_not_finite())
+        if self.monitor.diverged(state.loss):
+            self.stop(state, self.step, f"the loss jumped to {state.loss:.3g} nats per datapoint from "
+                                        f"{self.monitor.scale:.3g} at the first step")
+
+    def on_epoch_end(self, state) -> None:
+        bad = [name for name, p in state.params.items() if not p.isfinite().all()]
+        if bad:
+            self.stop(state, "end", f"parameter(s) {bad[:3]} became NaN/Inf")
+
+    def stop(self, state, step, what: str):
+        done, path = (self.checkpoint.saved, self.checkpoint.path) if self.checkpoint else (0, None)
+        kept = (f"the last good checkpoint (epoch {done}) is kept at {path}" if path and done
+                else "no checkpoint was written" if path else "nothing was saved")
+        raise TrainingError(f"training diverged at epoch {state.epoch}, step {step}: {what}. Training stopped "
+                            f"(lower the learning rate or check the data); {kept}")
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the run's steps: each step's −ELBO and the epoch's running rate."""
+
+    bar = None
+
+    def on_train_start(self, state) -> None:
+        from tqdm.auto import tqdm
+
+        per_epoch = math.ceil(len(state.data) / state.batch_size)
+        self.bar = tqdm(total=state.epochs * per_epoch, initial=len(state.history) * per_epoch, unit="step",
+                        desc="train", dynamic_ncols=True)
+
+    def on_step(self, state) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"epoch {state.epoch} -ELBO {state.loss:.2f} {state.samples_per_second:.0f} "
+                                 "samples/s", refresh=False)
+
+    def on_train_end(self, state) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -4,15 +4,21 @@ A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dic
 ``torch.save`` through :func:`pyrovae.files.atomic_write` (a temporary file in the same
 directory, flushed to disk, then renamed over the old one): a run killed at any moment leaves the previous checkpoint or
 the new one, never half of one. It is loaded with ``torch.load(weights_only=True)``.
+
+:func:`load_params` copies its parameters into a pair's; :func:`rng_state` and
+:func:`restore_rng` save and restore the random states (CPU and CUDA, per rank) that make a
+resumed run continue bit for bit.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict
 
 import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_write
+from . import distributed
 
 FORMAT = "pyrovae-checkpoint-1"
 
@@ -44,6 +50,20 @@ def load(path, map_location="cpu") -> dict:
     return state
 
 
+def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's parameters ``saved`` into the pair's ``params`` (name → tensor) in place;
+    CheckpointError when one is missing or of another shape."""
+    missing = sorted(set(params) - set(saved))
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != saved[name].shape:
+                raise CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
+                                      f"checkpoint but {list(p.shape)} in the model")
+            p.copy_(saved[name])
+
+
 def load_training(path, map_location="cpu") -> dict:
     """:func:`load` a training checkpoint (:meth:`pyrovae.inference.train.Trainer.state`) and check
     it: CheckpointError if an entry is missing or of the wrong type, or if a parameter holds
@@ -59,3 +79,22 @@ def load_training(path, map_location="cpu") -> dict:
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{path} holds NaN/Inf in parameter {name!r} (a diverged run): refusing to load it")
     return state
+
+
+def rng_state() -> dict:
+    """This process's random state: torch's CPU generator and every CUDA device's."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict) -> None:
+    """Restore this rank's random state from a checkpoint: its own when the checkpoint holds one per
+    rank of the same number of ranks, else rank 0's (then reseeded per rank, :func:`distributed.reseed_rank`)."""
+    ranks = state.get("rng_ranks") or []
+    own = len(ranks) == distributed.world_size()
+    rng = ranks[distributed.rank()] if own else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if not own:
+        distributed.reseed_rank()

@@ -35,10 +35,11 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from .. import checks
-from ..errors import ConfigError
+from ..errors import ConfigError, PyrovaeError
 from ..registry import Registry
 from .pathwise import DReG_IWAE, STL_ELBO
-from .traces import elbo_particles, kl_or_none, summed_log_density, traces
+from .state import Snapshot, pair_modules
+from .traces import elbo_terms, kl_or_none, sample_sites, summed_log_density, traces
 
 
 class MeanField_ELBO(ELBO):
@@ -64,13 +65,13 @@ class MeanField_ELBO(ELBO):
     Why not a subclass of ``TraceMeanField_ELBO``: it used to be one, overriding its private
     ``_get_trace`` and ``_differentiable_loss_particle``, whose names, signatures and call order
     Pyro may change in any release (``pyro-ppl>=1.9`` allows all of them) — an upgrade could then
-    have silently mixed Pyro's code with ours. It now builds on Pyro's public API only: the
-    ``ELBO`` base class (its constructor options and ``__call__``), ``loss``,
-    ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
+    have silently mixed Pyro's code with ours. It now builds on the ``ELBO`` base class (its
+    constructor options, ``__call__``, and the particle loop every Pyro ELBO inherits,
+    ``_get_traces``, which calls the one hook ``ELBO`` declares abstract, ``_get_trace``, implemented
+    here), ``loss``, ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
     (``get_importance_trace``, ``Trace.compute_log_prob``/``compute_score_parts``, the checks in
-    ``pyro.util`` and ``pyro.infer.util``). It calls no private Pyro method; ``_get_trace`` below
-    is the one hook ``ELBO`` declares abstract, implemented here and called only by this class.
-    Particles are drawn as Pyro's ELBOs draw them (a ``num_particles_vectorized`` plate, or a loop),
+    ``pyro.util`` and ``pyro.infer.util``); it overrides no private Pyro method. Particles are
+    drawn by the base class as by Pyro's ELBOs (a ``num_particles_vectorized`` plate, or a loop),
     so seeds give the same draws. (``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore
     False.) Pinning Pyro to the release whose internals it mirrored was the alternative; not pinning
     keeps pyrovae installable next to newer Pyro releases.
@@ -97,7 +98,7 @@ class MeanField_ELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO, a number: the mean over ``num_particles`` draws."""
         loss = 0.0
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss = loss + _particle_loss(model_trace, guide_trace)[0] / self.num_particles
         warn_if_nan(loss, "loss")
         return loss
@@ -105,7 +106,7 @@ class MeanField_ELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """−ELBO as a tensor whose gradient is the estimator's (its value is :meth:`loss`'s)."""
         loss, surrogate = 0.0, 0.0
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
             surrogate = surrogate + surrogate_particle / self.num_particles
             loss = loss + loss_particle / self.num_particles
@@ -116,7 +117,7 @@ class MeanField_ELBO(ELBO):
         """−ELBO, a number, after adding its gradient to the parameters' ``.grad`` (one backward
         pass per particle, as Pyro's ELBOs do)."""
         loss = 0.0
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss_particle, surrogate_particle = _particle_loss(model_trace, guide_trace)
             loss = loss + loss_particle / self.num_particles
             trainable = any(site["type"] == "param" for trace in (model_trace, guide_trace)
@@ -150,28 +151,32 @@ def _warn_unless_in_model_order(model_trace, guide_trace) -> None:
 
 
 def _particle_loss(model_trace, guide_trace):
-    """(−ELBO of one particle as a number, the same as a tensor to differentiate)."""
-    elbo = 0.0
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        if site["is_observed"]:
-            elbo = elbo + site["log_prob_sum"]
-            continue
-        guide_site = guide_trace.nodes[name]
+    """(−ELBO of one particle as a number, the same as a tensor to differentiate): the sum of
+    :func:`~pyrovae.inference.traces.elbo_terms` with each site's ``log_prob_sum``, each guide
+    site's log q from its score parts and the closed-form KLs stored as ``kl_sum``."""
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+    for name, guide_site in guide_sites.items():
         if is_validation_enabled():
             check_fully_reparametrized(guide_site)
-        if "kl_sum" in guide_site:
-            elbo = elbo - guide_site["kl_sum"]
-        else:
-            elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
-    for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
-        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+        if name not in model_sites:
             assert guide_site["infer"].get("is_auxiliary")
-            if is_validation_enabled():
-                check_fully_reparametrized(guide_site)
-            elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+    elbo = 0.0
+    for term in elbo_terms(model_sites, guide_sites, log_p=_log_prob_sum, log_q=_log_q, kl=_stored_kl):
+        elbo = elbo + term
     return -torch_item(elbo), -elbo
+
+
+def _log_prob_sum(site):
+    return site["log_prob_sum"]
+
+
+def _log_q(guide_site):
+    """s·Σ log q of a guide site, from its score parts."""
+    return guide_site["score_parts"].entropy_term.sum()
+
+
+def _stored_kl(guide_site, model_site):
+    return guide_site.get("kl_sum")
 
 
 def closed_form_kl_sum(guide_site, model_site):
@@ -199,6 +204,104 @@ def _closed_form_kls(model_trace, guide_trace) -> set:
             guide_trace.nodes[name]["kl_sum"] = kl
             closed.add(name)
     return closed
+
+
+def scales_inside(elbo) -> bool:
+    """Whether ``elbo`` takes a minibatch scaled to the data set inside, by its sites' scale (the
+    trainer's ``ScaleData``): its ``scales_inside`` attribute where it has one (pyrovae's ELBOs);
+    for Pyro's classes, every one but ``RenyiELBO``.
+
+    Right for the ELBOs that are sums of site log-densities (Trace, TraceMeanField, TraceGraph,
+    TraceEnum), which may also hold global latents. Not for the importance-weighted bound: Pyro's
+    ``RenyiELBO`` (and :class:`DReG_IWAE`, which matches its value) puts a site's scale s inside
+    the log-mean-exp over particles, log 1/k Σ_j w_j^s ≠ s · log 1/k Σ_j w_j; with s = N/B = 600
+    that is about s · max_j log w_j, the VR-max objective (Li & Turner 2016), not IWAE. For them
+    the minibatch's loss and gradient are multiplied by N/B outside (an unbiased estimate of the
+    bound summed over the data set).
+    """
+    return getattr(elbo, "scales_inside", not isinstance(elbo, RenyiELBO))
+
+
+class Wrapper(ELBO):
+    """An ELBO standing in for another, ``self.elbo``: its options (``num_particles``,
+    ``max_plate_nesting``, ``vectorize_particles``, ...) are the wrapped ELBO's, read and set
+    through, and ``loss``, ``differentiable_loss`` and ``loss_and_grads`` are the wrapped ELBO's
+    unless a subclass computes them another way (the fast and traced steps, the particles'
+    fallback). Usable wherever a ``pyro.infer.ELBO`` is (``pyro.infer.SVI``, :func:`pyrovae.train`).
+    """
+
+    _OPTIONS = ("num_particles", "max_plate_nesting", "vectorize_particles", "retain_graph",
+                "strict_enumeration_warning", "ignore_jit_warnings", "jit_options")
+
+    def __init__(self, elbo: ELBO):  # ELBO.__init__ is not called: the options are the wrapped ELBO's
+        self.elbo = elbo
+
+    def __getattr__(self, name):
+        if name in Wrapper._OPTIONS and "elbo" in self.__dict__:
+            return getattr(self.__dict__["elbo"], name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        if name in Wrapper._OPTIONS:
+            setattr(self.elbo, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def scales_inside(self) -> bool:
+        return scales_inside(self.elbo)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return self.elbo.loss(model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+
+
+def innermost(elbo: ELBO) -> ELBO:
+    """The ELBO a chain of :class:`Wrapper` stands in for (``elbo`` itself when it is none)."""
+    while isinstance(elbo, Wrapper):
+        elbo = elbo.elbo
+    return elbo
+
+
+class LoopFallback(Wrapper):
+    """``elbo`` with its particles vectorized, or, when its first ``loss_and_grads`` raises a
+    shape error (a pair whose code cannot take the extra particle dimension: shape-dependent
+    indexing), with them one at a time (``vectorize_particles = False``), with a warning. The
+    failed attempt leaves parameters, gradients, buffers, modes and the random state as found
+    (:class:`~pyrovae.inference.state.Snapshot`)."""
+
+    def __init__(self, elbo: ELBO):
+        super().__init__(elbo)
+        self.tried = False
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        if self.tried or not self.vectorize_particles:
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        snap = Snapshot(pair_modules(model, guide))
+        grads = [(p, p.grad) for _, p in pyro.get_param_store().named_parameters()]
+        try:
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        except (RuntimeError, ValueError, IndexError) as e:
+            if isinstance(e, PyrovaeError):
+                raise
+            warnings.warn(f"the pair cannot run its particles vectorized ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); training runs them one at a time",
+                          stacklevel=3)
+            snap.restore()
+            for p, grad in grads:
+                p.grad = grad
+            self.vectorize_particles = False
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        finally:
+            self.tried = True
 
 
 #: name → Pyro ELBO class (with its fixed options); an ``ELBO`` instance passes through ``build``

@@ -22,12 +22,15 @@ to the last bit, except a Bernoulli likelihood's: s · Σ log p(x|z) as one fuse
 (:func:`observed_log_density`; what ``MeanField_ELBO`` computes too), equal to ``Trace_ELBO``'s
 element-wise log-density and its sum up to the order of the float sum (≈ 1e-7 relative).
 
-That is checked, not assumed: the first time the trainer could use the fast step,
-:meth:`FastStep.loss_and_grads` runs the Pyro ELBO and the fast step on the same draws and goes
-on with the fast step only if the sites, the loss and every parameter's gradient agree (1e-6
-relative; equal to the bit, or to float rounding for a Bernoulli under ``Trace_ELBO``, in every
-case of tests/test_faststep.py); else it stays with the Pyro
-ELBO for the rest of the run, with a warning. Every later step compares its sites (names, observed
+:class:`FastStep` is itself a ``pyro.infer.ELBO`` (``loss``, ``differentiable_loss``,
+``loss_and_grads``), usable with ``pyro.infer.SVI`` as with :func:`pyrovae.train`, on the
+precedent of Pyro's ``JitTrace_ELBO``. That it computes the Pyro ELBO's numbers is checked, not
+assumed: its first ``loss_and_grads`` runs the Pyro ELBO and the fast step on the same draws (the
+reference run's effects — BatchNorm statistics, modes, the random state — undone first, so the
+step changes the pair once) and goes on with the fast step only if the sites, the loss and every
+parameter's gradient agree (1e-6 relative; equal to the bit, or to float rounding for a Bernoulli
+under ``Trace_ELBO``, in every case of tests/test_faststep.py); else that step and every later
+one are the Pyro ELBO's, with a warning. Every later step compares its sites (names, observed
 or latent) with the checked ones and goes back to the Pyro ELBO for good when they change. What
 it saves is in BENCHMARKS.md (issue 15 §3); ``train(..., step=StepSettings(fast_step=False))`` (``train.fast_step``)
 turns it off.
@@ -43,12 +46,14 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO
-from pyro.infer.util import torch_item
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch import nn
 
-from .elbos import MeanField_ELBO, closed_form_kl_sum
-from .traces import PYRO_PARTICLES, RngState, summed_log_density
+from .elbos import MeanField_ELBO, Wrapper, closed_form_kl_sum
+from .state import Snapshot, pair_modules
+from .traces import PARTICLES, elbo_terms, summed_log_density
 
 #: relative tolerance of the check against the Pyro ELBO (loss and each gradient)
 TOLERANCE = 1e-6
@@ -112,26 +117,38 @@ def unsupported(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> O
     return None
 
 
-class FastStep:
-    """The fast step standing in for ``elbo`` (a ``Trace_ELBO`` or :class:`MeanField_ELBO`, its
-    particles vectorized; :meth:`for_elbo` gives None for any other), in one of three states: ``"unchecked"``,
-    ``"on"`` (checked equal), ``"off"`` (not equal, or not applicable: the Pyro ELBO from then on)."""
+class FastStep(Wrapper):
+    """An ELBO standing in for ``elbo`` (a ``Trace_ELBO`` or :class:`MeanField_ELBO`, its
+    particles vectorized; :meth:`for_elbo` gives None for any other): the same loss and gradients
+    without Pyro's traces, checked against ``elbo`` on the same draws at its first
+    ``loss_and_grads`` (module doc). Usable with ``pyro.infer.SVI`` as with :func:`pyrovae.train`.
 
-    def __init__(self, elbo):
-        self.elbo, self.mean_field = elbo, isinstance(elbo, MeanField_ELBO)
+    ``state``: ``"unchecked"``, ``"on"`` (checked equal), ``"off"`` (not equal, or not applicable:
+    ``elbo`` itself from then on, ``why_off`` says why). While Pyro's validation is on, a checked
+    fast step leaves the step to ``elbo`` (its checks are Pyro's). ``modules``: the pair's
+    modules, whose buffers, modes and parameters the check restores (default: found from the pair,
+    :func:`~pyrovae.inference.state.pair_modules`)."""
+
+    scales_inside = True  # a sum of site log-densities
+
+    def __init__(self, elbo, modules: Optional[Sequence[nn.Module]] = None):
+        super().__init__(elbo)
+        self.mean_field, self.modules = isinstance(elbo, MeanField_ELBO), modules
         self.state, self.sites, self.why_off = "unchecked", None, ""
 
     @classmethod
-    def for_elbo(cls, elbo) -> Optional["FastStep"]:
+    def for_elbo(cls, elbo, modules: Optional[Sequence[nn.Module]] = None) -> Optional["FastStep"]:
         """A FastStep for a ``Trace_ELBO`` or :class:`MeanField_ELBO` whose particles, if several, are
         vectorized; else None."""
-        if type(elbo) not in (Trace_ELBO, MeanField_ELBO) or (elbo.num_particles > 1 and not elbo.vectorize_particles):
+        if type(elbo) not in (Trace_ELBO, MeanField_ELBO) or not vectorized(elbo):
             return None
-        return cls(elbo)
+        return cls(elbo, modules)
 
     def run(self, model, guide, args, kwargs):
         """(model sites, guide sites) of one run of the pair: the guide, then the model on its draws;
         r > 1 particles in Pyro's ``num_particles_vectorized`` plate, as the Pyro ELBO draws them."""
+        if self.num_particles > 1 and self.max_plate_nesting == float("inf"):
+            self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)
         with Recorder() as g, self._particles():
             guide(*args, **kwargs)
         with Recorder(g) as m, self._particles():
@@ -139,8 +156,8 @@ class FastStep:
         return m.sites, g.sites
 
     def _particles(self):
-        r = self.elbo.num_particles
-        return pyro.plate(PYRO_PARTICLES, r, dim=-self.elbo.max_plate_nesting) if r > 1 else nullcontext()
+        r = self.num_particles
+        return pyro.plate(PARTICLES, r, dim=-self.max_plate_nesting) if r > 1 else nullcontext()
 
     def losses(self, model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         """(−ELBO as a number, the surrogate −ELBO to differentiate), as the Pyro ELBO computes them
@@ -150,12 +167,14 @@ class FastStep:
     def terms(self, model_sites, guide_sites) -> Tuple[torch.Tensor, ...]:
         """The tensors the loss is made of: (surrogate −ELBO, *the ELBO's terms whose numbers the
         Pyro ELBO adds up)* — for ``Trace_ELBO`` each site's s·Σ log p and −s·Σ log q, in order;
-        for the mean-field ELBO the ELBO itself — all summed over the r particles."""
+        for the mean-field ELBO the ELBO itself — all summed over the r particles
+        (:func:`~pyrovae.inference.traces.elbo_terms`)."""
         if self.mean_field:
-            elbo = self._mean_field(model_sites, guide_sites)
+            elbo = 0.0
+            for term in elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum, closed_form_kl_sum):
+                elbo = elbo + term
             return -elbo, elbo
-        lps = [observed_log_density(s) if s["is_observed"] else log_prob_sum(s) for s in model_sites.values()]
-        lps += [-log_prob_sum(s) for s in guide_sites.values()]
+        lps = list(elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum))
         return (-sum(lps),) + tuple(lps)
 
     def finish(self, terms: Sequence[torch.Tensor]) -> Tuple[float, torch.Tensor]:
@@ -164,61 +183,78 @@ class FastStep:
         elbo = 0.0
         for term in terms[1:]:
             elbo = elbo + torch_item(term)
-        r = self.elbo.num_particles
+        r = self.num_particles
         return 0.0 - elbo / r, terms[0] / r
 
-    @staticmethod
-    def _mean_field(model_sites, guide_sites) -> torch.Tensor:
-        kls = {n: closed_form_kl_sum(guide_sites[n], s) for n, s in model_sites.items() if not s["is_observed"]}
-        elbo = 0.0
-        for name, site in model_sites.items():
-            if site["is_observed"]:
-                elbo = elbo + observed_log_density(site)
-            elif kls[name] is not None:
-                elbo = elbo - kls[name]
-            else:
-                elbo = elbo + log_prob_sum(site) - log_prob_sum(guide_sites[name])
-        for name, site in guide_sites.items():  # auxiliary guide sites
-            if name not in model_sites:
-                elbo = elbo - log_prob_sum(site)
-        return elbo
+    def _on(self) -> bool:
+        """Whether this call may take the fast path (checked or to be checked, applicable, not validating)."""
+        return self.state != "off" and vectorized(self.elbo) and not (self.state == "on" and is_validation_enabled())
 
-    def loss_and_grads(self, model, guide, args: tuple, kwargs: dict) -> Optional[float]:
-        """−ELBO as a number after adding its gradient to the parameters' ``.grad`` (as
-        ``elbo.loss_and_grads``), or None where the Pyro ELBO must take this step (state ``"off"``)."""
-        if self.state == "off":
-            return None
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO, a number (the fast step's once checked, else ``elbo``'s)."""
+        if self.state != "on" or not self._on():
+            return self.elbo.loss(model, guide, *args, **kwargs)
+        with torch.no_grad():
+            return self._fast(model, guide, args, kwargs, backward=False)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """−ELBO as a tensor whose gradient is the estimator's (the fast step's surrogate once checked)."""
+        if self.state != "on" or not self._on():
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        sites = self.run(model, guide, args, kwargs)
+        if signature(*sites) != self.sites:
+            self.turn_off("the pair's sites changed between steps")
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        loss, surrogate = self.losses(*sites)
+        return loss + (surrogate - torch_item(surrogate))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO as a number after adding its gradient to the parameters' ``.grad``."""
+        if not self._on():
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         if self.state == "unchecked":
             return self._check(model, guide, args, kwargs)
+        return self._fast(model, guide, args, kwargs, backward=True)
+
+    def _fast(self, model, guide, args, kwargs, backward: bool) -> float:
         model_sites, guide_sites = self.run(model, guide, args, kwargs)
         if signature(model_sites, guide_sites) != self.sites:
-            return self.turn_off("the pair's sites changed between steps")
+            self.turn_off("the pair's sites changed between steps")
+            run = self.elbo.loss_and_grads if backward else self.elbo.loss
+            return run(model, guide, *args, **kwargs)
         loss, surrogate = self.losses(model_sites, guide_sites)
-        if getattr(surrogate, "requires_grad", False):
+        if backward and getattr(surrogate, "requires_grad", False):
             surrogate.backward()
         return loss
 
-    def _check(self, model, guide, args, kwargs) -> Optional[float]:
-        """Both on the same draws; the fast step from now on if they agree (its gradient is added
-        to ``.grad``), else None with the random state as it was: the Pyro ELBO takes the step."""
+    def _check(self, model, guide, args, kwargs) -> float:
+        """Both on the same draws; the fast step's numbers (its gradient added to ``.grad``) from now
+        on if they agree, else ``elbo``'s on the same draws. The reference run leaves nothing
+        behind (parameters, buffers, modes, random state: :class:`~pyrovae.inference.state.Snapshot`),
+        so that the step changes the pair's state once, as one step of ``elbo`` does."""
         if isinstance(poutine.unwrap(guide), Messenger):  # a GuideMessenger guide: Pyro's tracing only
-            return self.turn_off("the guide is a GuideMessenger")
-        rng = RngState()
-        reference = self.elbo.differentiable_loss(model, guide, *args, **kwargs)
-        rng.restore()
+            self.turn_off("the guide is a GuideMessenger")
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+            self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)  # before both runs: the same draws
+        snap = Snapshot(self.modules if self.modules is not None else pair_modules(model, guide))
+        try:
+            reference = self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+            params = trainable_params()
+            ref_grads = gradients(reference, params)
+        finally:
+            snap.restore()
+        if not all_finite([reference, *ref_grads]):  # NaN/Inf: nothing to compare; the check waits
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         try:
             model_sites, guide_sites = self.run(model, guide, args, kwargs)
         except Exception as e:  # the Pyro ELBO ran this pair; the fast step must not be what stops it
-            rng.restore()
+            snap.restore()
             warnings.warn(f"pyrovae's fast training step cannot run this pair ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); training uses "
                           f"{type(self.elbo).__name__} itself", stacklevel=4)
-            return self.turn_off(f"it raised {type(e).__name__}")
-        params = trainable_params()
-        ref_grads = gradients(reference, params)
-        if not all_finite([reference, *ref_grads]):
-            rng.restore()  # NaN/Inf: nothing to compare; the Pyro ELBO takes this step, the check waits
-            return None
+            self.turn_off(f"it raised {type(e).__name__}")
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         why = unsupported(model_sites, guide_sites)
         if why is None:
             loss, surrogate = self.losses(model_sites, guide_sites)
@@ -232,12 +268,22 @@ class FastStep:
             warnings.warn(f"pyrovae's fast training step differs from {name} on this pair ({why}); "
                           f"training uses {name} itself", stacklevel=4)
         self.turn_off(why)
-        rng.restore()  # the Pyro ELBO takes this step on the same draws
-        return None
+        snap.restore()  # the Pyro ELBO takes this step on the same draws, from the same state
+        return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
 
     def turn_off(self, why: str) -> None:
         """State ``"off"`` for the rest of the run: the Pyro ELBO takes every step."""
         self.state, self.why_off = "off", why
+
+
+def vectorized(elbo) -> bool:
+    """Whether ``elbo`` draws its particles in one vectorized pass (one particle counts as one)."""
+    return elbo.num_particles == 1 or bool(elbo.vectorize_particles)
+
+
+def _fast_log_p(site) -> torch.Tensor:
+    """A model site's s·Σ log p: fused where observed and possible (:func:`observed_log_density`)."""
+    return observed_log_density(site) if site["is_observed"] else log_prob_sum(site)
 
 
 def trainable_params() -> List[torch.Tensor]:

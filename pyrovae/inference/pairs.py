@@ -55,8 +55,8 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import PairError
-from .state import modules_of, preserved
-from .traces import dry_run, preserved_rng, sample_sites
+from .state import modules_of, preserved, preserved_rng
+from .traces import dry_run, sample_sites
 
 __all__ = ["check_pair", "check_pair_on", "check_reparameterized", "own_scale", "pair_problems", "support_within"]
 

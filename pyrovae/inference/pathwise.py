@@ -35,7 +35,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from ..errors import PairError
-from .traces import elbo_particles, params_of, sample_sites
+from .traces import elbo_terms, params_of, sample_sites
 
 #: key of a guide site's s·log q(sg z; φ) (upstream latents detached too), batch-shaped
 STOPPED = "log_prob_stopped"
@@ -82,6 +82,15 @@ def score_free(site) -> torch.Tensor:
     return site[STOPPED] - site[STOPPED].detach()
 
 
+def _log_prob_sum(site) -> torch.Tensor:
+    return site["log_prob_sum"]
+
+
+def _score_free_log_q(site) -> torch.Tensor:
+    """s·Σ log q'(z; φ) of a guide site: its value, without the score in its gradient."""
+    return site["log_prob_sum"] - score_free(site).sum()
+
+
 class _PathwiseELBO(ELBO):
     """Traces as Pyro's ``Trace_ELBO``/``RenyiELBO`` draw them (``get_importance_trace``; particles
     by Pyro's ``ELBO`` base class, vectorized in its ``num_particles_vectorized`` plate or looped, so
@@ -117,18 +126,20 @@ class STL_ELBO(_PathwiseELBO):
     def _particle(self, model_trace, guide_trace) -> Tuple[float, torch.Tensor]:
         """(−ELBO of one particle as a number, −(the STL surrogate ELBO) as a tensor), the number
         summed site by site as Trace_ELBO's ``loss_and_grads`` sums it."""
-        model_sites, guide_sites = sample_sites(model_trace).values(), sample_sites(guide_trace).values()
-        elbo = sum(torch_item(s["log_prob_sum"]) for s in model_sites) \
-            - sum(torch_item(s["log_prob_sum"]) for s in guide_sites)
-        surrogate = sum(s["log_prob_sum"] for s in model_sites) \
-            - sum(s["log_prob_sum"] - score_free(s).sum() for s in guide_sites)
+        model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+        elbo = 0.0
+        for term in elbo_terms(model_sites, guide_sites, log_p=_log_prob_sum, log_q=_log_prob_sum):
+            elbo = elbo + torch_item(term)
+        surrogate = 0.0
+        for term in elbo_terms(model_sites, guide_sites, log_p=_log_prob_sum, log_q=_score_free_log_q):
+            surrogate = surrogate + term
         return -elbo, -surrogate
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO, a number: the mean over ``num_particles`` draws (Trace_ELBO's value and arithmetic)."""
         elbo = 0.0
         with torch.no_grad():
-            for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
                 elbo += (torch_item(model_trace.log_prob_sum()) - torch_item(guide_trace.log_prob_sum())) \
                     / self.num_particles
         loss = -elbo
@@ -138,7 +149,7 @@ class STL_ELBO(_PathwiseELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−ELBO as a tensor whose gradient is STL's."""
         loss, surrogate = 0.0, 0.0
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss_particle, surrogate_particle = self._particle(model_trace, guide_trace)
             surrogate = surrogate + surrogate_particle / self.num_particles
             loss += loss_particle / self.num_particles
@@ -149,7 +160,7 @@ class STL_ELBO(_PathwiseELBO):
         """−ELBO, a number, after adding STL's gradient to the parameters' ``.grad`` (one backward
         pass per particle, as Trace_ELBO does)."""
         loss = 0.0
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss_particle, surrogate_particle = self._particle(model_trace, guide_trace)
             loss += loss_particle / self.num_particles
             if params_of((model_trace, guide_trace)) and getattr(surrogate_particle, "requires_grad", False):
@@ -166,7 +177,7 @@ class DReG_IWAE(_PathwiseELBO):
         IWAE = Σ_b log 1/k Σ_j exp ℓ_bj,   ℓ_bj = Σ_sites s·log p(x_b, z_bj) − Σ_guide s·log q(z_bj|x_b)
 
     (``pyrovae.train`` runs it unscaled, s = 1, and multiplies loss and gradient by N/B outside:
-    see ``scales_inside`` in :mod:`pyrovae.inference.train`.)
+    ``scales_inside = False``, see :func:`pyrovae.inference.elbos.scales_inside`.)
     b over the datapoints (Pyro's per-datapoint grouping: the plates common to every site are kept,
     the others summed), s each site's scale. **The scale is inside the exponential**, as in Pyro: a
     minibatch scale N/B makes it log 1/k Σ_j w_j^(N/B), not (N/B)·log 1/k Σ_j w_j.
@@ -189,6 +200,9 @@ class DReG_IWAE(_PathwiseELBO):
     (θ, then φ ∪ ψ, then ψ's model term), the per-particle weights as ``grad_outputs``.
     """
 
+    #: a minibatch is scaled to the data set outside the bound (:func:`pyrovae.inference.elbos.scales_inside`)
+    scales_inside = False
+
     def _extend(self, model, guide_trace, model_trace, args, kwargs) -> None:
         guide_params = {n for n, s in guide_trace.nodes.items() if s["type"] == "param"}
         if any(s["type"] == "param" and n in guide_params for n, s in model_trace.nodes.items()):
@@ -199,7 +213,7 @@ class DReG_IWAE(_PathwiseELBO):
     def _log_weights(self, model, guide, args, kwargs):
         """(ℓ, ℓ', m or None, c, the traces): [k, batch...] tensors, particles first."""
         rows, pairs = [], []
-        for model_trace, guide_trace in elbo_particles(self, model, guide, args, kwargs):
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             dims = get_dependent_plate_dims(model_trace.nodes.values())
             model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
             log_w = sum(torch_sum(s["log_prob"], dims) for s in model_sites.values()) \

@@ -11,7 +11,9 @@ its globals or closure (``pyro.module("decoder", decoder)`` with ``decoder`` a g
 - :class:`Snapshot` records parameters (the modules' and Pyro's param store), buffers (BatchNorm's
   running statistics and ``num_batches_tracked``), the modules' modes and torch's random state
   (CPU and CUDA), and :meth:`Snapshot.restore` puts them back exactly;
-  ``with preserved(modules):`` does both around a block.
+  ``with preserved(modules):`` does both around a block;
+- :class:`RngState` and :func:`preserved_rng` do the same for the random state alone (a dry run
+  that may draw, a comparison on the same draws).
 
 A check (the pair check, the vectorization check, a fast path's reference comparison) runs under
 :func:`preserved`, so a user's model is as it was afterwards, bit for bit.
@@ -85,6 +87,38 @@ def modes(modules: Iterable[nn.Module], training: bool):
             m.training = was
 
 
+class RngState:
+    """torch's CPU (and, once CUDA is in use, every CUDA device's) random state at construction;
+    :meth:`restore` goes back to it."""
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """A block in which the pair may draw: torch's CPU and CUDA random states are restored after."""
+    rng = RngState()
+    try:
+        yield rng
+    finally:
+        rng.restore()
+
+
+def pair_modules(model: Callable, guide: Callable) -> List[nn.Module]:
+    """:func:`modules_of` the pair as given to an ELBO: Pyro's handlers (``poutine.scale``, the
+    trainer's minibatch scaling) and ``functools.wraps`` wrappers taken off first."""
+    from pyro import poutine
+
+    return modules_of(*(inspect.unwrap(poutine.unwrap(fn)) for fn in (model, guide)))
+
+
 class Snapshot:
     """Parameters, buffers, modes of ``modules``, Pyro's param store and torch's random state, as
     they are at construction; :meth:`restore` puts every one back (values copied in place, so
@@ -101,8 +135,7 @@ class Snapshot:
             tensors[id(p)] = p
         self.tensors = [(t, t.detach().clone()) for t in tensors.values() if t is not None]
         self.store_names = set(pyro.get_param_store().keys())
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.rng = RngState()
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -111,9 +144,7 @@ class Snapshot:
                     t.copy_(saved)
         for m, was in zip(self.subs, self.modes):
             m.training = was
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
+        self.rng.restore()
 
 
 @contextlib.contextmanager

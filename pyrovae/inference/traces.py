@@ -6,8 +6,8 @@ r draws vectorized in a plate left of every plate of the pair; :func:`enum_trace
 sites marked for parallel enumeration take every value of their supports at once;
 :func:`nesting_of` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
 is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
-at a pair run it under :func:`preserved_rng`, so the random state — CPU and CUDA — is as it was
-afterwards.
+at a pair run it under :func:`pyrovae.inference.state.preserved_rng`, so the random state — CPU and
+CUDA — is as it was afterwards.
 """
 from __future__ import annotations
 
@@ -17,20 +17,16 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from pyro.util import check_site_shape
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Independent, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ..components.distributions import IndependentBernoulli
+from .state import preserved_rng
 
-#: the name of the plate over vectorized particles (pyrovae's estimators)
-PARTICLES = "_num_particles_vectorized"
-#: the name Pyro's ELBOs give theirs
-PYRO_PARTICLES = "num_particles_vectorized"
-#: both: plates over particles, never over the data
-PARTICLE_PLATES = (PYRO_PARTICLES, PARTICLES)
+#: the name of the plate over vectorized particles: Pyro's ELBOs' (``ELBO._vectorized_num_particles``),
+#: pyrovae's estimators' and the fast step's; a plate over particles, never over the data
+PARTICLES = "num_particles_vectorized"
 
 
 def traces(model, guide, *args, **kwargs):
@@ -71,24 +67,6 @@ def sample_sites(trace) -> Dict[str, dict]:
             if site["type"] == "sample" and not site_is_subsample(site)}
 
 
-def preserved_rng():
-    """A context in which the pair may draw: torch's CPU and CUDA random states are restored after."""
-    return torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else [])
-
-
-class RngState:
-    """torch's CPU (and CUDA) random state at construction; :meth:`restore` goes back to it."""
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-
-
 def dry_run(model, guide, *args, **kwargs):
     """:func:`traces` without gradients and with the random state left untouched."""
     with preserved_rng(), torch.no_grad():
@@ -98,7 +76,7 @@ def dry_run(model, guide, *args, **kwargs):
 def nesting_of(pair_traces) -> int:
     """The number of batch dimensions the plates of a pair's traces use (as Pyro's ELBOs guess it)."""
     dims = [-f.dim for tr in pair_traces for s in sample_sites(tr).values()
-            for f in s["cond_indep_stack"] if f.vectorized and f.name not in PARTICLE_PLATES]
+            for f in s["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
     return max(dims, default=0)
 
 
@@ -160,37 +138,37 @@ def summed_log_density(site) -> Optional[torch.Tensor]:
     return -binary_cross_entropy_with_logits(logits, value, reduction="sum") * scale
 
 
-def elbo_particles(elbo, model, guide, args, kwargs):
-    """The (model trace, guide trace) pairs of a ``pyro.infer.ELBO`` subclass's ``num_particles`` draws, each
-    from its own ``elbo._get_trace(model, guide, args, kwargs)`` (the method ``ELBO`` declares for its
-    subclasses to implement), drawn as Pyro's ELBOs draw them (the same draws under a seed): one pair with a
-    ``num_particles_vectorized`` plate left of the pair's plates when ``vectorize_particles``, else one
-    pair per particle."""
-    if not elbo.vectorize_particles:
-        for _ in range(elbo.num_particles):
-            yield elbo._get_trace(model, guide, args, kwargs)
+def elbo_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p, log_q, kl=None):
+    """The terms of one run's ELBO, in the order they are added up — the one place the ELBO's
+    per-site sum is written (the mean-field and path-wise ELBOs and the fast step use it).
+
+    ``model_sites``, ``guide_sites``: name → sample site of the model (replayed on the guide's
+    draws) and of the guide, subsample sites left out — a ``Trace``'s nodes or Pyro's messages,
+    which have the same keys; ``log_p(site)``, ``log_q(site)``: the site's s·Σ log density as the
+    caller computes it (a scalar tensor). Then::
+
+        without kl (Trace_ELBO):  log_p(s) of every model site in order, then −log_q(s) of every guide site
+        with kl (mean-field):     per model site in order: log_p(x) (observed); −kl(q_site, p_site)
+                                  (latent, when kl gives one, not None); else log_p(z), −log_q(z);
+                                  then −log_q(s) of each auxiliary guide site (not in the model)
+
+    so that Σ of the terms is the ELBO of the run (its particles summed), and Σ of their numbers,
+    left to right, is the number Pyro's ``Trace_ELBO`` adds up site by site.
+    """
+    if kl is None:
+        yield from (log_p(site) for site in model_sites.values())
+        yield from (-log_q(site) for site in guide_sites.values())
         return
-    if elbo.max_plate_nesting == float("inf"):
-        guess_max_plate_nesting(elbo, model, guide, args, kwargs)
-    if elbo.num_particles > 1:
-        particles = pyro.plate(PYRO_PARTICLES, elbo.num_particles, dim=-elbo.max_plate_nesting)
-        model, guide = particles(model), particles(guide)
-    yield elbo._get_trace(model, guide, args, kwargs)
-
-
-def guess_max_plate_nesting(elbo, model, guide, args, kwargs) -> None:
-    """Set ``elbo.max_plate_nesting`` from one run of the pair, as Pyro's ELBOs do (the same draws: the
-    run uses the random stream as theirs does; site shapes checked while validation is on)."""
-    with poutine.block():
-        model_trace, guide_trace = map(prune_subsample_sites, traces(model, guide, *args, **kwargs))
-    if is_validation_enabled():
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-    sites = [site for trace in (model_trace, guide_trace) for site in trace.nodes.values() if site["type"] == "sample"]
-    if is_validation_enabled():
-        for site in sites:
-            check_site_shape(site, max_plate_nesting=float("inf"))
-    dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
-    elbo.max_plate_nesting = -min(dims) if dims else 0
-    if elbo.num_particles > 1:
-        elbo.max_plate_nesting += 1
+    for name, site in model_sites.items():
+        if site["is_observed"]:
+            yield log_p(site)
+            continue
+        closed = kl(guide_sites[name], site)
+        if closed is not None:
+            yield -closed
+        else:
+            yield log_p(site)
+            yield -log_q(guide_sites[name])
+    for name, site in guide_sites.items():  # auxiliary guide sites
+        if name not in model_sites:
+            yield -log_q(site)

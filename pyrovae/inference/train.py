@@ -8,54 +8,60 @@ pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` upd
 
 Each epoch appends a row to the returned history (all per datapoint, in nats):
 ``epoch``, ``train_elbo`` (mean of the epoch's minibatch ELBOs), ``test_elbo``,
-``reconstruction`` = E_q[log p(x|z)] and ``kl`` = KL(q(z|x) ‖ p(z)) of that test ELBO (on the
-test set, or on the first 2000 training points when there is none), ``seconds`` (training and
-evaluation), ``lr`` (the epoch's learning rate, :mod:`pyrovae.inference.optim`) and
-``samples_per_second`` (datapoints trained on per second of the epoch's training, evaluation
-excluded; all ranks' together in data-parallel training). A pair that scales every one of its
-sites by a factor s itself (``poutine.scale``) has its minibatch ELBOs divided by s, so that
-``train_elbo`` is in nats per datapoint too; where its sites' factors differ, ``train_elbo`` is in
-its scaled units (with a warning). The steps run with the pair's modules in training mode, the
-evaluation in evaluation mode (Dropout off, BatchNorm on its running statistics, which it leaves
-unchanged); each module's mode is restored afterwards. Callbacks watch a run as it goes
-(:mod:`pyrovae.inference.callbacks`).
+``reconstruction`` = E_q[log p(x|z)] and ``kl`` = KL(q(z|x) ‖ p(z)) of that test ELBO (scored on
+``test_data`` after every epoch; NaN without it — nothing is evaluated that was not asked for),
+``seconds`` (training and evaluation), ``lr`` (the epoch's learning rate,
+:mod:`pyrovae.inference.optim`) and ``samples_per_second`` (datapoints trained on per second of
+the epoch's training, evaluation excluded; all ranks' together in data-parallel training).
+A pair that scales every one of its sites by a factor s itself (``poutine.scale``) has its
+minibatch ELBOs divided by s, so that ``train_elbo`` is in nats per datapoint too; where its
+sites' factors differ, ``train_elbo`` is in its scaled units (with a warning). The steps run with
+the pair's modules in training mode, the evaluation in evaluation mode (Dropout off, BatchNorm on
+its running statistics, which it leaves unchanged); each module's mode is restored afterwards.
+
+The loop (:meth:`Trainer.fit`) is: for each epoch, ``on_epoch_start`` callbacks, then a step per
+minibatch — ``elbo.loss_and_grads`` on the scaled pair (the ELBO, a speed path checked before it
+is trusted, :func:`~pyrovae.inference.tracedstep.speed_path`), an Adam step, ``on_step`` — then
+the evaluation and ``on_epoch_end``. What happens around the steps — the learning-rate schedule,
+the KL warm-up, the divergence stop, the checkpoint, the progress bar — are callbacks
+(:mod:`pyrovae.inference.callbacks`), as are the caller's; where the run stands is its
+:class:`TrainState`.
 """
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import pyro
 import torch
-from pyro.infer import ELBO, RenyiELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .. import checks
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, TrainingError  # noqa: F401 -- TrainingError: what a diverging run raises
 from . import checkpoint as ckpt
 from . import distributed
 from .arguments import ModelArguments, batch_size_of
-from .callbacks import Callbacks
-from .elbos import MeanField_ELBO, make_elbo
-from .optim import OptimizerSettings, set_lr
-from .pathwise import DReG_IWAE, STL_ELBO
-from .settings import RunSettings, StepSettings
-from .precision import with_precision
+from .callbacks import Callbacks, Checkpoint, DivergenceStop, KLWarmup, LRSchedule, ProgressBar
+from .callbacks import DivergenceMonitor, warmup_beta  # noqa: F401 -- where they were, for callers
+from .device import resolve_device
+from .elbos import MeanField_ELBO, innermost, make_elbo, scales_inside
 from .estimators import elbo_parts
-from .faststep import FastStep
-from .tracedstep import TracedStep, traced_mode, traces_pair
+from .optim import OptimizerSettings, set_lr
 from .pairs import check_pair_on, check_reparameterized, own_scale
+from .pathwise import DReG_IWAE, STL_ELBO
+from .precision import with_precision
+from .settings import RunSettings, StepSettings
 from .state import modes, modules_of
-from .traces import PARTICLE_PLATES, nesting_of, params_of
+from .tracedstep import speed_path, traced_mode, traces_pair
+from .traces import PARTICLES, nesting_of, params_of
 from .vectorize import particles_agree
-
-EVAL_POINTS = 2000  # training points scored each epoch when there is no test set
 
 
 class ScaleData(Messenger):
@@ -77,7 +83,7 @@ class ScaleData(Messenger):
         if site_is_subsample(msg):
             return False
         for f in msg["cond_indep_stack"]:
-            if not f.vectorized or f.name in PARTICLE_PLATES or f.full_size not in (None, f.size):
+            if not f.vectorized or f.name == PARTICLES or f.full_size not in (None, f.size):
                 continue  # not over the batch, or subsampled (and scaled) by Pyro itself
             if f.size == self.batch or (f.size == -1 and self._size_at(msg, f.dim) == self.batch):
                 return True
@@ -119,45 +125,6 @@ class ScaleLatents(Messenger):
     _postprocess_message = ScaleData._postprocess_message
 
 
-def scales_inside(elbo) -> bool:
-    """Whether a minibatch is scaled to the data set inside the ELBO, by its sites' scale
-    (:class:`ScaleData`): right for the ELBOs that are sums of site log-densities (Trace,
-    TraceMeanField, TraceGraph, TraceEnum), which may also hold global latents.
-
-    Not for the importance-weighted bound: Pyro's ``RenyiELBO`` (and :class:`DReG_IWAE`, which
-    matches its value) puts a site's scale s inside the log-mean-exp over particles,
-    log 1/k Σ_j w_j^s ≠ s · log 1/k Σ_j w_j; with s = N/B = 600 that is about s · max_j log w_j, the
-    VR-max objective (Li & Turner 2016), not IWAE. For them the minibatch's loss and gradient are
-    multiplied by N/B outside (an unbiased estimate of the bound summed over the data set).
-    """
-    return not isinstance(elbo, (RenyiELBO, DReG_IWAE))
-
-
-def warmup_beta(epoch: int, kl_warmup: int) -> float:
-    """β of epoch ``epoch`` (from 1): min(1, epoch / kl_warmup), and 1 without warm-up."""
-    return 1.0 if kl_warmup == 0 else min(1.0, epoch / kl_warmup)
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _site_scale(pair_traces) -> float:
-    """The factor the pair scales all its sites by itself (``poutine.scale``), which ``train_elbo``
-    is divided by to be in nats per datapoint (:func:`pyrovae.inference.pairs.own_scale`); 1 with a
-    warning when the sites' factors differ (``train_elbo`` is then in the pair's scaled units)."""
-    scale = own_scale(pair_traces)
-    if scale is None or scale <= 0:
-        warnings.warn("the pair scales its sites by different factors (poutine.scale): train_elbo is in the "
-                      "pair's scaled units; test_elbo, reconstruction and kl are in nats per datapoint",
-                      stacklevel=4)
-        return 1.0
-    return scale
-
-
 def _owner(fn) -> Optional[nn.Module]:
     owner = getattr(fn, "__self__", None)
     return owner if isinstance(owner, nn.Module) else None
@@ -174,49 +141,23 @@ def _check_data_once(model, *data) -> None:
                     check(*args, **kwargs)
 
 
-#: a step's loss beyond this many times the session's starting scale is divergence
-DIVERGENCE_FACTOR = 1e3
-
-
-class DivergenceMonitor:
-    """Watches the loss per datapoint of each step. It has diverged when it is non-finite, or when
-    |loss| > ``DIVERGENCE_FACTOR`` × (|loss of the first step| + 1 nat).
-
-    The first step's loss is that of the model as the session found it (untrained, or as resumed),
-    which for a VAE is about the largest a sound run sees: training lowers it, a KL warm-up or a
-    loss crossing zero moves it by a factor of a few. A learning rate that is far too large sends
-    it to 1e10 and beyond within a few steps, often without reaching NaN. (A running average
-    would follow a loss that grows by a factor of ten per step and never flag it.)
-    """
-
-    def __init__(self):
-        self.scale = None
-
-    def diverged(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return True
-        if self.scale is None:
-            self.scale = abs(loss)
-        return abs(loss) > DIVERGENCE_FACTOR * (self.scale + 1.0)
-
-
 def _invalid_parameter(e: ValueError) -> Optional[str]:
     """What a validation error says of a distribution parameter (None when it is about something else)."""
     lines = [line for line in str(e).splitlines() if line.startswith("Expected parameter")]
     return f"a distribution parameter became NaN/Inf ({lines[0].rstrip(':')})" if lines else None
 
 
-def load_params(params: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
-    """Copy saved values into the pair's parameters in place (shapes must match)."""
-    missing = sorted(set(params) - set(saved))
-    if missing:
-        raise CheckpointError(f"the checkpoint lacks parameters {missing}: it was written for another model")
-    with torch.no_grad():
-        for name, p in params.items():
-            if p.shape != saved[name].shape:
-                raise CheckpointError(f"parameter {name} has shape {list(saved[name].shape)} in the "
-                                           f"checkpoint but {list(p.shape)} in the model")
-            p.copy_(saved[name])
+def _site_scale(pair_traces) -> float:
+    """The factor the pair scales all its sites by itself (``poutine.scale``), which ``train_elbo``
+    is divided by to be in nats per datapoint (:func:`pyrovae.inference.pairs.own_scale`); 1 with a
+    warning when the sites' factors differ (``train_elbo`` is then in the pair's scaled units)."""
+    scale = own_scale(pair_traces)
+    if scale is None or scale <= 0:
+        warnings.warn("the pair scales its sites by different factors (poutine.scale): train_elbo is in the "
+                      "pair's scaled units; test_elbo, reconstruction and kl are in nats per datapoint",
+                      stacklevel=4)
+        return 1.0
+    return scale
 
 
 def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles: int, gradient: str):
@@ -291,15 +232,38 @@ class _TermState:
         return batch
 
 
+@dataclass
+class TrainState:
+    """Where a run stands; the trainer's own (callbacks read it through the :class:`Trainer`).
+
+    ``epochs``: the epoch training runs to; ``epoch``: the epoch under way (the epochs done before
+    the first); ``step``: SVI steps taken this session; ``loss``: the last step's −ELBO per
+    datapoint (NaN before the first); ``lr``, ``beta``: the epoch's learning rate and KL weight;
+    ``samples_per_second``: the epoch's running rate of training; ``history``: a row per epoch done;
+    ``error``: the exception that stopped training, or None."""
+
+    epochs: int = 0
+    epoch: int = 0
+    step: int = 0
+    loss: float = math.nan
+    lr: float = math.nan
+    beta: float = 1.0
+    samples_per_second: float = math.nan
+    history: List[dict] = field(default_factory=list)
+    error: Optional[BaseException] = None
+
+
 class Trainer:
-    """The state of one training run; :func:`train` is the function to call."""
+    """One training run: the pair, its data, its ELBO (itself checked before it is trusted:
+    :func:`~pyrovae.inference.tracedstep.speed_path`), the optimizer, and its :class:`TrainState`;
+    :meth:`fit` is the loop. :func:`train` is the function to call."""
 
     def __init__(self, model, guide, data, *, batch_size, elbo, num_particles, test_data, device, lr: float = 1e-3,
                  validate: bool = False, extra: Sequence[Term] = (), optim: Optional[OptimizerSettings] = None,
                  gradient: str = "standard", precision: str = "float32", fast_step: bool = True,
                  traced_step="auto"):
         self.device = resolve_device(device)
-        self.validate, self.steps, self.beta, self._pairs = validate, 0, 1.0, {}
+        self.validate, self._pairs = validate, {}
         for fn in (model, guide, *[f for t in extra for f in (t.model, t.guide)]):
             if _owner(fn) is not None:
                 _owner(fn).to(self.device)
@@ -312,46 +276,152 @@ class Trainer:
         self.pair = with_precision((model, guide), precision, self.device)
         self.shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
         self.batch_points = 0  # the datapoints of the last step, over all ranks
-        self.plain_pair = (model, guide)  # float32, unwrapped: what the vectorization check runs
+        main, self.params, checked = _objective(self.pair, self.data, self.batch_size, elbo, num_particles, gradient)
         self.modules = modules_of(model, guide, *[f for t in extra for f in (t.model, t.guide)])
-        self.elbo, self.params, checked = _objective(self.pair, self.data, self.batch_size, elbo, num_particles,
-                                                     gradient)
         self.nesting, self.site_scale = nesting_of(checked), _site_scale(checked)
-        self.fast = FastStep.for_elbo(self.elbo) if fast_step else None  # checked against self.elbo before use
-        mode = traced_mode(traced_step)
-        if self.fast is not None and traces_pair(mode, _owner(model)):
-            self.fast = TracedStep(self.fast, [m for m in map(_owner, (model, guide)) if m is not None],
-                                   warn=mode == "on")
+        self._check_vectorization(main, (model, guide))
+        mode, modules = traced_mode(traced_step), modules_of(model, guide)
+        self.elbo = speed_path(main, fast=fast_step and not validate, traced=traces_pair(mode, _owner(model)),
+                               modules=modules, warn=mode == "on",
+                               recheck_every=math.ceil(len(self.data) / self.batch_size))
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
             term.pair, term.shard = with_precision(term.pair, precision, self.device), self.shard
-            term.elbo, params, _ = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo,
-                                              num_particles, "standard")
+            term.elbo, params, _ = _objective(term.pair, term.data, term.batch_size, term.elbo or elbo, num_particles,
+                                           "standard")
             self.params.update(params)
         distributed.broadcast_params(self.params.values())  # every rank starts from rank 0's parameters
         distributed.reseed_rank()
         self.optim = optim if optim is not None else OptimizerSettings(lr=lr)
-        self.lr = self.optim.lr_at(1)
         self.optimizer = self.optim.adam(list(self.params.values())) if self.params else None
         self.store_size = len(pyro.get_param_store())
-        self.history: List[dict] = []
-        self.monitor, self.checkpoint = DivergenceMonitor(), None
+        self.state = TrainState(lr=self.optim.lr_at(1))
+        self._batch, self._invalid = None, None  # the last step's batch; what its validation named
 
-    def _adopt_new_params(self) -> None:
-        """Parameters a pair creates after its first trace (a branch not taken then) join the optimizer."""
-        store = pyro.get_param_store()
-        if len(store) == self.store_size:
+    def _check_vectorization(self, elbo, pair) -> None:
+        """Decide ``vectorize_particles`` for training on the first minibatch: an ELBO that vectorizes
+        r > 1 particles keeps doing so only where the pair's vectorized particles equal the same draws
+        run one at a time (:func:`pyrovae.inference.vectorize.particles_agree`, in training mode, everything
+        left as found); else it runs them one at a time (Pyro's ``vectorize_particles=False``), with a
+        warning naming the pair."""
+        if not getattr(elbo, "vectorize_particles", False) or elbo.num_particles == 1:
             return
-        new = {n: p for n, p in store.named_parameters() if n not in self.params and p.grad is not None}
-        if new and self.optimizer is None:
-            self.optimizer = self.optim.adam(list(new.values()))
-            set_lr(self.optimizer, self.lr)
-        elif new:
-            self.optimizer.add_param_group({"params": list(new.values()), "lr": self.lr})
-        distributed.broadcast_params(new.values())
-        self.params.update(new)
-        self.store_size = len(store)
+        args, kwargs = self.data.rows(0, self.batch_size)
+        with modes(self.modules, True):
+            agree = particles_agree(*pair, args, kwargs, self.nesting, isinstance(elbo, TraceEnum_ELBO),
+                                    what="training runs them")
+        if not agree:
+            elbo.vectorize_particles = False
+
+    # what callbacks read (:mod:`pyrovae.inference.callbacks`)
+    history = property(lambda self: self.state.history)
+    epoch = property(lambda self: self.state.epoch)
+    epochs = property(lambda self: self.state.epochs)
+    steps = property(lambda self: self.state.step)
+    loss = property(lambda self: self.state.loss)
+    lr = property(lambda self: self.state.lr)
+    beta = property(lambda self: self.state.beta)
+    samples_per_second = property(lambda self: self.state.samples_per_second)
+    error = property(lambda self: self.state.error)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self, epochs: int, callbacks: Callbacks) -> List[dict]:
+        """Train until ``epochs`` epochs are in the history, calling ``callbacks`` on the way;
+        return the history. On any exception, ``on_train_end`` still runs (``error`` says which)."""
+        done = self.history[-1] if self.history else {}
+        self.state.epochs, self.state.epoch = epochs, len(self.history)
+        self.state.samples_per_second = done.get("samples_per_second", math.nan)
+        try:
+            callbacks("on_train_start", self)
+            for epoch in range(len(self.history) + 1, epochs + 1):
+                self.state.epoch = epoch
+                callbacks("on_epoch_start", self)
+                start = time.perf_counter()
+                with modes(self.modules, True):  # steps in training mode; the mode found is restored after
+                    train_elbo = self.run_epoch(epoch, callbacks) / self.site_scale
+                self.state.samples_per_second = self.epoch_points / _seconds_since(start, self.device)
+                scores = self.evaluate()
+                self.state.history.append({"epoch": epoch, "train_elbo": train_elbo, "test_elbo": scores["elbo"],
+                                           "reconstruction": scores["reconstruction"], "kl": scores["kl"],
+                                           "seconds": time.perf_counter() - start, "lr": self.lr,
+                                           "samples_per_second": self.samples_per_second})
+                callbacks("on_epoch_end", self)
+        except BaseException as e:
+            self.state.error = e
+            raise
+        finally:
+            callbacks.end(self)
+        return self.history
+
+    def run_epoch(self, epoch: int, callbacks: Optional[Callbacks] = None) -> float:
+        """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1).
+        After each step, ``on_step`` of ``callbacks``."""
+        total, n = 0.0, len(self.data)
+        self.state.epoch, self.epoch_points, self.epoch_start = epoch, 0, time.perf_counter()
+        for args, kwargs in self.data.batches(self.batch_size, epoch=epoch, shard=self.shard):
+            loss = self.step(args, kwargs)
+            total += loss * self.batch_points / n
+            self.epoch_points += self.batch_points
+            self.state.samples_per_second = self.epoch_points / max(time.perf_counter() - self.epoch_start, 1e-9)
+            if callbacks is not None:
+                callbacks("on_step", self)
+        return -total
+
+    def step(self, args: tuple, kwargs: Optional[dict] = None) -> float:
+        """One SVI step on a minibatch ``model(*args, **kwargs)`` (and one of each extra
+        :class:`Term`); returns the loss per datapoint of the main data (−ELBO of the whole data
+        set, plus the extra terms', divided by its N).
+
+        Pyro's validation (distribution arguments, supports, site shapes) checks the first step
+        of a run, which catches a pair's static mistakes; later steps skip it unless ``validate``
+        is set; a VAE's data were checked whole in ``__init__``. A non-finite loss takes no
+        optimizer step; nor does a step whose validation found a NaN/Inf distribution parameter
+        (its loss is NaN, :meth:`why_not_finite` names the parameter).
+        """
+        kwargs = kwargs or {}
+        self._batch, self._invalid = (args, kwargs), None
+        try:
+            with pyro.validation_enabled(self.validate or self.state.step == 0):
+                loss = self._loss_and_grads(self.elbo, args, kwargs)
+                for term in self.extra:  # gradients add up in the parameters' .grad
+                    t_args, t_kwargs = term.next_batch()
+                    loss += self._loss_and_grads(term.elbo, t_args, t_kwargs, term)
+        except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
+            self._invalid = _invalid_parameter(e)
+            if self._invalid is None:
+                raise
+            loss = math.nan
+        self.state.step += 1
+        self._adopt_new_params()
+        # several ranks: the global minibatch's gradient and loss (pyrovae.inference.distributed), before clipping
+        loss, self.batch_points = distributed.average_step(list(self.params.values()), loss,
+                                                           batch_size_of(args, kwargs))
+        if self.optimizer is not None:
+            if math.isfinite(loss):
+                self.optim.clip(list(self.params.values()))
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state.loss = loss / len(self.data)
+        return self.state.loss
+
+    def _loss_and_grads(self, elbo, args, kwargs, term: Optional[_TermState] = None) -> float:
+        """``elbo.loss_and_grads`` on the minibatch, scaled to the data set (:meth:`_scaled_pair`):
+        inside the ELBO, or, where the ELBO does not scale inside (:func:`scales_inside`), its
+        loss and gradient multiplied outside; gradients add up in the parameters' ``.grad``."""
+        pair, factor = self._scaled_pair(batch_size_of(args, kwargs), term, scales_inside(elbo))
+        if factor == 1.0:
+            return elbo.loss_and_grads(*pair, *args, **kwargs)
+        held = [(p, p.grad) for p in self.params.values()]
+        for p, _ in held:
+            p.grad = None
+        loss = elbo.loss_and_grads(*pair, *args, **kwargs)
+        for p, grad in held:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+            if grad is not None:
+                p.grad = grad if p.grad is None else p.grad.add_(grad)
+        return loss * factor
 
     def _scaled_pair(self, batch: int, term: Optional[_TermState] = None, inside: bool = True):
         """(the pair, a factor for its loss and gradient): the pair's minibatch sites scaled to the
@@ -369,165 +439,73 @@ class Trainer:
             self._pairs[key] = pair, 1.0 if inside else weight * n / batch
         return self._pairs[key]
 
-    def _loss_and_grads(self, elbo, args, kwargs, term: Optional[_TermState] = None) -> float:
-        """``elbo.loss_and_grads`` on the minibatch, scaled to the data set (:meth:`_scaled_pair`);
-        gradients add up in the parameters' ``.grad``."""
-        pair, factor = self._scaled_pair(batch_size_of(args, kwargs), term, scales_inside(elbo))
-        if factor == 1.0:
-            if term is None and self.fast is not None and not self.validate:
-                loss = self.fast.loss_and_grads(*pair, args, kwargs)  # None: the Pyro ELBO takes this step
-                if loss is not None:
-                    return loss
-            return elbo.loss_and_grads(*pair, *args, **kwargs)
-        held = [(p, p.grad) for p in self.params.values()]
-        for p, _ in held:
-            p.grad = None
-        loss = elbo.loss_and_grads(*pair, *args, **kwargs)
-        for p, grad in held:
-            if p.grad is not None:
-                p.grad.mul_(factor)
-            if grad is not None:
-                p.grad = grad if p.grad is None else p.grad.add_(grad)
-        return loss * factor
-
-    def step(self, args: tuple, kwargs: Optional[dict] = None) -> float:
-        """One SVI step on a minibatch ``model(*args, **kwargs)`` (and one of each extra
-        :class:`Term`); returns the loss per datapoint of the main data (−ELBO of the whole data
-        set, plus the extra terms', divided by its N).
-
-        Pyro's validation (distribution arguments, supports, site shapes) checks the first step
-        of a run, which catches a pair's static mistakes; later steps skip it (5–7% of a step's
-        time, BENCHMARKS.md), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
-        A non-finite loss takes no optimizer step.
-        """
-        kwargs = kwargs or {}
-        with pyro.validation_enabled(self.validate or self.steps == 0):
-            loss = self._main_loss(args, kwargs)
-            for term in self.extra:  # gradients add up in the parameters' .grad
-                t_args, t_kwargs = term.next_batch()
-                loss += self._loss_and_grads(term.elbo, t_args, t_kwargs, term)
-        self.steps += 1
-        self._adopt_new_params()
-        # several ranks: the global minibatch's gradient and loss (pyrovae.inference.distributed), before clipping
-        loss, self.batch_points = distributed.average_step(list(self.params.values()), loss,
-                                                           batch_size_of(args, kwargs))
-        if self.optimizer is not None:
-            if math.isfinite(loss):
-                self.optim.clip(list(self.params.values()))
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return loss / len(self.data)
-
-    def _main_loss(self, args, kwargs) -> float:
-        """The main pair's loss and gradients; at the first step, particles one at a time where
-        vectorized ones cannot be trusted (:meth:`vectorization_checked`)."""
-        if self.steps == 0:
-            self.vectorization_checked(args, kwargs)
-        return self._loss_and_grads(self.elbo, args, kwargs)
-
-    def vectorization_checked(self, args, kwargs) -> None:
-        """Decide ``vectorize_particles`` for training on the first minibatch: an ELBO that vectorizes
-        r > 1 particles keeps doing so only where the pair's vectorized particles equal the same draws
-        run one at a time (:func:`pyrovae.inference.vectorize.particles_agree`, in the modules'
-        current mode); else it runs them one at a time (Pyro's ``vectorize_particles=False``, no fast
-        step), with a warning naming the pair."""
-        if not getattr(self.elbo, "vectorize_particles", False) or self.elbo.num_particles == 1:
+    def _adopt_new_params(self) -> None:
+        """Parameters a pair creates after its first trace (a branch not taken then) join the optimizer."""
+        store = pyro.get_param_store()
+        if len(store) == self.store_size:
             return
-        if not particles_agree(*self.plain_pair, args, kwargs, self.nesting, isinstance(self.elbo, TraceEnum_ELBO),
-                               what="training runs them"):
-            self.elbo.vectorize_particles = False
-            self.fast = self.fast and FastStep.for_elbo(self.elbo)  # none for particles in a loop
+        new = {n: p for n, p in store.named_parameters() if n not in self.params and p.grad is not None}
+        if new and self.optimizer is None:
+            self.optimizer = self.optim.adam(list(new.values()))
+            set_lr(self.optimizer, self.lr)
+        elif new:
+            self.optimizer.add_param_group({"params": list(new.values()), "lr": self.lr})
+        distributed.broadcast_params(new.values())
+        self.params.update(new)
+        self.store_size = len(store)
 
-    def diverged(self, epoch: int, step, what: str):
-        """Raise TrainingError: where it diverged, why, and which checkpoint is kept."""
-        done = len(self.history)
-        kept = (f"the last good checkpoint (epoch {done}) is kept at {self.checkpoint}" if self.checkpoint and done
-                else "no checkpoint was written" if self.checkpoint else "nothing was saved")
-        raise TrainingError(f"training diverged at epoch {epoch}, step {step}: {what}. Training stopped (lower the "
-                            f"learning rate or check the data); {kept}")
+    # -- what callbacks change -------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        """The learning rate from the next step on (:class:`~pyrovae.inference.callbacks.LRSchedule`)."""
+        self.state.lr = lr
+        if self.optimizer is not None:
+            set_lr(self.optimizer, lr)
 
-    def check_finite_params(self, epoch: int) -> None:
-        """TrainingError if a parameter holds NaN/Inf (then no checkpoint is written over a good one)."""
-        bad = [name for name, p in self.params.items() if not torch.isfinite(p).all()]
-        if bad:
-            self.diverged(epoch, "end", f"parameter(s) {bad[:3]} became NaN/Inf")
+    def set_beta(self, beta: float) -> None:
+        """The latent sites' weight β from the next step on (:class:`~pyrovae.inference.callbacks.KLWarmup`)."""
+        self.state.beta = beta
 
-    def _why_not_finite(self, args, kwargs, loss: float) -> str:
-        """Rerun the batch's loss with validation on, to name a NaN/Inf distribution parameter."""
+    # -- scores and diagnoses ----------------------------------------------------------------------
+    def why_not_finite(self) -> str:
+        """Why the last step's loss is NaN/Inf: the distribution parameter that Pyro's validation
+        names when the batch is scored again with it on, where it can."""
+        if self._invalid is not None:
+            return self._invalid
+        args, kwargs = self._batch
         try:
             with pyro.validation_enabled(True), torch.no_grad():
                 pair, _ = self._scaled_pair(batch_size_of(args, kwargs), inside=scales_inside(self.elbo))
-                self.elbo.loss(*pair, *args, **kwargs)
+                innermost(self.elbo).loss(*pair, *args, **kwargs)
         except ValueError as e:
-            return _invalid_parameter(e) or f"the loss became {loss} ({str(e).splitlines()[0]})"
-        return f"the loss became {loss}"
-
-    def run_epoch(self, epoch: int, bar=None, beta: float = 1.0, on_step: Optional[Callable[[], None]] = None) -> float:
-        """One pass over the data; returns the mean objective per datapoint (the ELBO when β = 1).
-        After each step ``on_step()`` is called (the callbacks' ``on_step``, :func:`train`).
-
-        Raises :class:`TrainingError` when a step's loss diverges (:class:`DivergenceMonitor`) or
-        a distribution's parameter becomes NaN/Inf.
-        """
-        total, n, self.beta = 0.0, len(self.data), beta
-        self.epoch, self.epoch_points, self.epoch_start = epoch, 0, time.perf_counter()
-        self.lr = self.optim.lr_at(epoch)
-        if self.optimizer is not None:
-            set_lr(self.optimizer, self.lr)
-        if isinstance(self.fast, TracedStep):
-            self.fast.recheck()
-        for step, (args, kwargs) in enumerate(self.data.batches(self.batch_size, epoch=epoch, shard=self.shard), 1):
-            try:
-                loss = self.step(args, kwargs)
-            except ValueError as e:  # a distribution's validation saw NaN/Inf parameters
-                what = _invalid_parameter(e)
-                if what is None:
-                    raise
-                self.diverged(epoch, step, what)
-            if not math.isfinite(loss):
-                self.diverged(epoch, step, self._why_not_finite(args, kwargs, loss))
-            if self.monitor.diverged(loss):
-                self.diverged(epoch, step, f"the loss jumped to {loss:.3g} nats per datapoint from "
-                                           f"{self.monitor.scale:.3g} at the first step")
-            total += loss * self.batch_points / n
-            self._count_step(loss, bar, on_step)
-        return -total
-
-    def _count_step(self, loss: float, bar, on_step) -> None:
-        """After a step: its loss, the epoch's running rate (datapoints per second since the epoch
-        began), the progress bar, the ``on_step`` hook."""
-        self.loss, self.epoch_points = loss, self.epoch_points + self.batch_points
-        self.samples_per_second = self.epoch_points / max(time.perf_counter() - self.epoch_start, 1e-9)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"epoch {self.epoch} -ELBO {loss:.2f} {self.samples_per_second:.0f} samples/s",
-                                refresh=False)
-        if on_step is not None:
-            on_step()
+            return _invalid_parameter(e) or f"the loss became {self.loss} ({str(e).splitlines()[0]})"
+        return f"the loss became {self.loss}"
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000) -> dict:
-        """Test ELBO and its reconstruction and KL parts, per datapoint (first 2000 train points without a test set),
-        with the pair's modules in evaluation mode (their modes restored after).
-        With several ranks each scores every W-th chunk and the means are all-reduced (:func:`distributed.mean_parts`)."""
-        data = self.test if self.test is not None else self.data
-        n = len(data) if self.test is not None else min(EVAL_POINTS, len(data))
+        """Test ELBO and its reconstruction and KL parts, per datapoint, on the test data; NaN for
+        each without test data. The pair's modules are in evaluation mode meanwhile (no dropout,
+        BatchNorm's running statistics used and unchanged; their modes restored after). With
+        several ranks each scores every W-th chunk and the means are all-reduced
+        (:func:`distributed.mean_parts`)."""
+        if self.test is None:
+            return {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
         parts = []
-        with modes(self.modules, False):  # evaluation mode: no dropout, BatchNorm's running statistics unchanged
-            for i in range(distributed.rank() * batch_size, n, batch_size * distributed.world_size()):
-                args, kwargs = data.rows(i, min(i + batch_size, n))
+        with modes(self.modules, False):
+            for i in range(distributed.rank() * batch_size, len(self.test), batch_size * distributed.world_size()):
+                args, kwargs = self.test.rows(i, min(i + batch_size, len(self.test)))
                 parts.append(elbo_parts(*self.pair, *args, **kwargs))
         return distributed.mean_parts(parts, ("elbo", "reconstruction", "kl"))
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def state(self, config=None, metadata=None) -> dict:
+    def checkpoint_state(self, config=None, metadata=None) -> dict:
+        """What a checkpoint holds (:class:`~pyrovae.inference.callbacks.Checkpoint` writes it)."""
         return {
             "epoch": len(self.history),
             "metadata": metadata,
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "rng": _rng_state(),
-            "rng_ranks": distributed.gather_objects(_rng_state()),  # several ranks: each one's, in rank order
+            "rng": ckpt.rng_state(),
+            "rng_ranks": distributed.gather_objects(ckpt.rng_state()),  # several ranks: each one's, in rank order
             "history": self.history,
             "config": config,
             "terms": [[t.passes, t.taken] for t in self.extra],
@@ -535,8 +513,8 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        """Continue from a checkpoint's state (checked by :func:`checkpoint.load`)."""
-        load_params(self.params, state["params"])
+        """Continue from a checkpoint's state (checked by :func:`checkpoint.load_training`)."""
+        ckpt.load_params(self.params, state["params"])
         saved = state.get("optim")
         if saved is not None and saved != self.optim.spec():
             changed = sorted(k for k in saved if saved.get(k) != self.optim.spec().get(k))
@@ -546,11 +524,11 @@ class Trainer:
         try:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state)
+            ckpt.restore_rng(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint's optimizer or random state is damaged "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
-        self.history = list(state["history"])
+        self.state.history = list(state["history"])
         positions = state.get("terms")
         if positions is None:  # a checkpoint from before terms were recorded: they start afresh
             positions = [[0, 0]] * len(self.extra)
@@ -559,25 +537,6 @@ class Trainer:
                                   f"{len(self.extra)}")
         for term, (passes, taken) in zip(self.extra, positions):
             term.seek(passes, taken)
-
-
-def _rng_state() -> dict:
-    """This process's random state: torch's CPU generator and every CUDA device's."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    """Restore this rank's random state from a checkpoint: its own when the checkpoint holds one per
-    rank of the same number of ranks, else rank 0's (then reseeded per rank, :func:`distributed.reseed_rank`)."""
-    ranks = state.get("rng_ranks") or []
-    own = len(ranks) == distributed.world_size()
-    rng = ranks[distributed.rank()] if own else state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if not own:
-        distributed.reseed_rank()
 
 
 def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batch_size, lr: Optional[float] = None,
@@ -599,7 +558,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
     Args:
         model, guide: any Pyro pair whose arguments are a minibatch (e.g. ``vae.model``, ``vae.guide``;
             ``model(x, y)`` of a conditional VAE).
-        data, test_data: the model's arguments for every datapoint: a tensor ``[N, ...]`` or a
+        data, test_data: the model's arguments for every datapoint (``test_data``: scored after
+            every epoch into the history's ``test_elbo``, ``reconstruction`` and ``kl``, NaN without
+            it; to follow the training set's, pass a part of it, e.g. ``test_data=x[:2000]``): a tensor ``[N, ...]`` or a
             :class:`pyrovae.data.DataSplit` (dynamic binarization is redrawn every epoch), called as
             ``model(x)``; a tuple of them, called as ``model(*batch)``; a dict, ``model(**batch)``
             (:mod:`pyrovae.inference.arguments`). Each element is sliced by the same minibatch indices.
@@ -638,8 +599,8 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
             continues from it exactly. A diverging run (see :class:`DivergenceMonitor`) raises
             :class:`pyrovae.errors.TrainingError` and leaves the last good checkpoint in place.
         callback: called after every epoch with the history so far (a list of rows).
-        callbacks: objects with some of ``on_train_start``, ``on_step``, ``on_epoch_end``,
-            ``on_train_end``, each called with the :class:`Trainer` (e.g. subclasses of
+        callbacks: objects with some of ``on_train_start``, ``on_epoch_start``, ``on_step``,
+            ``on_epoch_end``, ``on_train_end``, each called with the :class:`Trainer` (e.g. subclasses of
             :class:`pyrovae.inference.callbacks.Callback`, whose doc lists what the trainer exposes);
             ``callback`` runs after them, as one more.
         Several processes: with a process group (``torchrun``, :func:`pyrovae.inference.distributed.init_from_env`)
@@ -651,57 +612,20 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
                       kl_warmup=kl_warmup, device=device)
     optim, step = optimizer or OptimizerSettings(), step or StepSettings()
     optim = optim if lr is None else replace(optim, lr=lr)
-    hooks = Callbacks(callbacks, callback)
+    user = Callbacks(callbacks, callback)
     if seed is not None:
         pyro.set_rng_seed(seed)
     trainer = Trainer(model, guide, data, batch_size=run.batch_size, elbo=run.elbo, num_particles=run.num_particles,
                       test_data=test_data, device=run.device, validate=step.validate, extra=extra, optim=optim,
                       gradient=step.gradient, precision=step.precision, fast_step=step.fast_step,
                       traced_step=step.traced_step)
-    trainer.checkpoint = checkpoint
     if resume:
         trainer.load_state(ckpt.load_training(checkpoint))
-    main = distributed.is_main()  # rank 0 (or the only process) writes, shows progress, calls back
-    bar = _progress_bar(trainer, epochs) if progress and main else None
-    hooks = hooks if main else Callbacks()
-    _watch(trainer, epochs)
-    try:
-        hooks("on_train_start", trainer)
-        for epoch in range(len(trainer.history) + 1, epochs + 1):
-            start = time.perf_counter()
-            with modes(trainer.modules, True):  # steps in training mode; the mode found is restored after
-                train_elbo = trainer.run_epoch(epoch, bar, warmup_beta(epoch, kl_warmup),
-                                               on_step=(lambda: hooks("on_step", trainer)) if len(hooks) else None)
-            trainer.samples_per_second = trainer.epoch_points / _seconds_since(start, trainer.device)
-            scores = trainer.evaluate()
-            row = {"epoch": epoch, "train_elbo": train_elbo / trainer.site_scale,
-                   "test_elbo": scores["elbo"] if trainer.test is not None else float("nan"),
-                   "reconstruction": scores["reconstruction"], "kl": scores["kl"],
-                   "seconds": time.perf_counter() - start, "lr": trainer.lr,
-                   "samples_per_second": trainer.samples_per_second}
-            trainer.check_finite_params(epoch)
-            trainer.history.append(row)
-            if checkpoint is not None:
-                state = trainer.state(config, metadata)  # on every rank: it gathers their random states
-                if main:
-                    ckpt.save(checkpoint, state)
-                distributed.barrier()
-            hooks("on_epoch_end", trainer)
-    except BaseException as e:
-        trainer.error = e
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        hooks.end(trainer)
-    return trainer.history
-
-
-def _watch(trainer: Trainer, epochs: int) -> None:
-    """The state the callbacks read before the first step (:mod:`pyrovae.inference.callbacks`)."""
-    done = trainer.history[-1] if trainer.history else {}
-    trainer.epochs, trainer.epoch, trainer.error, trainer.loss = epochs, len(trainer.history), None, float("nan")
-    trainer.samples_per_second = done.get("samples_per_second", float("nan"))
+    saver = None if checkpoint is None else Checkpoint(checkpoint, config, metadata)
+    main = distributed.is_main()  # rank 0 (or the only process) shows progress and calls the caller's callbacks
+    every_rank = [LRSchedule(optim), KLWarmup(run.kl_warmup), DivergenceStop(saver)] + ([saver] if saver else [])
+    on_main = ([ProgressBar()] if progress else []) + user.callbacks if main else []
+    return trainer.fit(epochs, Callbacks(every_rank + on_main))
 
 
 def _seconds_since(start: float, device: torch.device) -> float:
@@ -709,11 +633,3 @@ def _seconds_since(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return max(time.perf_counter() - start, 1e-9)
-
-
-def _progress_bar(trainer: Trainer, epochs: int):
-    from tqdm.auto import tqdm
-
-    per_epoch = math.ceil(len(trainer.data) / trainer.batch_size)
-    done = len(trainer.history) * per_epoch
-    return tqdm(total=epochs * per_epoch, initial=done, unit="step", desc="train", dynamic_ncols=True)

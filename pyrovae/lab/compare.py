@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .. import checks
 from ..inference.estimators import analytic_elbo, analytic_sites, closed_form_elbo, iwae_bound, mc_elbo
-from ..inference.state import modes, modules_of
-from ..inference.traces import RngState
+from ..inference.state import RngState, modes, modules_of
 from .gradients import format_gradient_variance, gradient_variance
 from .report import standard_error, text_table
 
