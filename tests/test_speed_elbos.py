@@ -121,8 +121,8 @@ def small_train(**options):
 
 
 def test_warm_up_and_schedule_are_callbacks_setting_each_epochs_beta_and_rate():
-    rows, seen = small_train(epochs=3, kl_warmup=2, lr=0.01, lr_schedule="step",
-                             lr_schedule_options={"step_size": 1, "gamma": 0.5})
+    rows, seen = small_train(epochs=3, kl_warmup=2, lr=0.01, optimizer=pyrovae.OptimizerSettings(
+        lr_schedule="step", lr_schedule_options={"step_size": 1, "gamma": 0.5}))
     assert [(e, lr, beta) for e, lr, beta in seen[::2]] == [(1, 0.01, 0.5), (2, 0.005, 1.0), (3, 0.0025, 1.0)]
     assert [r["lr"] for r in rows] == [0.01, 0.005, 0.0025]
 
