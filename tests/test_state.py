@@ -72,3 +72,27 @@ def test_snapshot_restore_is_in_place():
         weight.mul_(0)
     snap.restore()
     assert owner.net[0].weight is weight and weight.abs().sum() > 0
+
+
+def test_a_dry_run_creates_parameters_and_leaves_buffers_modes_and_rng():
+    """pair_params (how a checkpoint's pair is rebuilt before loading) runs the pair once: the
+    parameters it creates stay, a BatchNorm's running statistics and the random state do not move."""
+    from pyrovae.inference.traces import pair_params
+
+    pyro.clear_param_store()
+    owner = Owner()
+
+    def model(x):
+        pyro.module("owner", owner)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(owner.model(x), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.randn(8, 3) * 5 + 3
+    stats, rng = owner.net[1].running_mean.clone(), torch.get_rng_state()
+    params = pair_params(model, guide, x)
+    assert set(params) == {"owner$$$net.0.weight", "owner$$$net.0.bias", "owner$$$net.1.weight", "owner$$$net.1.bias"}
+    assert torch.equal(owner.net[1].running_mean, stats) and owner.net[1].num_batches_tracked.item() == 0
+    assert torch.equal(torch.get_rng_state(), rng) and owner.training

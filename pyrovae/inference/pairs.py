@@ -344,8 +344,7 @@ def check_pair_on(model, guide, *args, **kwargs):
     are checked, and a mismatch among them is raised as the :class:`~pyrovae.errors.PairError`
     (from the model's error); else that error is."""
     try:
-        with preserved(modules_of(model, guide)):  # buffers (BatchNorm statistics) and modes too
-            model_trace, guide_trace = dry_run(model, guide, *args, **kwargs)
+        model_trace, guide_trace = dry_run(model, guide, *args, **kwargs)
     except Exception as exc:
         with preserved(modules_of(model, guide)):
             problems = _problems_of_a_failed_run(model, guide, args, kwargs)

@@ -6,7 +6,7 @@ r draws vectorized in a plate left of every plate of the pair; :func:`enum_trace
 sites marked for parallel enumeration take every value of their supports at once;
 :func:`nesting_of` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
 is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
-at a pair run it under :func:`pyrovae.inference.state.preserved_rng`, so the random state — CPU and
+at a pair run it under :func:`pyrovae.inference.state.preserved`, so the random state — CPU and
 CUDA — is as it was afterwards.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.distributions import Bernoulli, Independent, kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ..components.distributions import IndependentBernoulli
-from .state import preserved_rng
+from .state import modules_of, preserved
 
 #: the name of the plate over vectorized particles: Pyro's ELBOs' (``ELBO._vectorized_num_particles``),
 #: pyrovae's estimators' and the fast step's; a plate over particles, never over the data
@@ -68,8 +68,10 @@ def sample_sites(trace) -> Dict[str, dict]:
 
 
 def dry_run(model, guide, *args, **kwargs):
-    """:func:`traces` without gradients and with the random state left untouched."""
-    with preserved_rng(), torch.no_grad():
+    """:func:`traces` without gradients, leaving the parameters, buffers (BatchNorm's running
+    statistics), modes of the pair's modules and the random state as they were
+    (:func:`~pyrovae.inference.state.preserved`); parameters it creates stay."""
+    with preserved(modules_of(model, guide)), torch.no_grad():
         return traces(model, guide, *args, **kwargs)
 
 
