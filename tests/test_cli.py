@@ -78,6 +78,15 @@ def test_evaluate_reports_every_estimator(mnist_run, capsys):
     assert result["compiled"] is False  # 100 × 50 importance samples: below the automatic compile's threshold
 
 
+@needs_mnist
+def test_a_device_this_machine_lacks_is_one_line_for_a_run_dir(mnist_run):
+    from pyrovae.app.run import evaluate_run
+    from pyrovae.errors import InputError
+
+    with pytest.raises(InputError, match=r"^device must be 'auto' or a device of this machine .*got 'cuda:99'"):
+        evaluate_run(mnist_run, device="cuda:99", iw_samples=2, test_size=2, progress=False)
+
+
 def test_evaluate_compiles_large_cpu_evaluations_by_default(monkeypatch):
     """"auto" compiles on a CPU from AUTO_COMPILE_SAMPLES importance samples when a C++ compiler is
     found; --compile / --no-compile decide; a GPU compiles only when asked; anything else is refused."""

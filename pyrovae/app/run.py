@@ -237,7 +237,7 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
     logs.check_installed(t["log"])  # before anything is written
     if write_config and main:
         write_text(out / "config.toml", cfgmod.dumps(cfg))
-    device = resolve_device(t["device"])
+    device = resolve_device(t["device"], "train.device")
     train_split, test_split = load_data(cfg, device)
     if resume:
         check_same_data(out / "checkpoint.pt", train_split, test_split)

@@ -5,9 +5,10 @@ from typing import Optional
 
 import torch
 
+from .. import checks
 
-def resolve_device(device: Optional[str]) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU; any other name as ``torch.device`` reads it."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+
+def resolve_device(device: Optional[str], name: str = "device") -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else the CPU; any other name a device this machine
+    has (:func:`pyrovae.checks.device`: an InputError naming ``name``, what is available and what came)."""
+    return checks.device(name, device)
