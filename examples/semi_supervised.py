@@ -4,12 +4,13 @@ model/guide pair in the style of Pyro's examples/vae/ss_vae_M2.py, trained by py
 One run trains on the labeled pairs (x, y) and the unlabeled x together; each step maximises,
 for a minibatch of the N_u unlabeled x and one of the N_l labeled pairs,
 
-    N_u · [ mean U(x)              the main pair on x alone, y summed out in the guide (elbo="enum")
-          + mean L(x, y)           Term(model, guide, (x_l, y_l), weight=w)
-          + α mean log q(y|x) ]    Term(model_classify, guide_classify, (x_l, y_l), weight=α·w)
+    N_u · [ mean U(x)                  the main pair on x alone, y summed out in the guide (elbo="enum")
+          + (N_l / N_u) mean L(x, y)   Term(model, guide, (x_l, y_l))
+          + α mean log q(y|x) ]        Term(model_classify, guide_classify, (x_l, y_l), weight=α·w)
 
-each Term's minibatch scaled to its own data set's size and then by w = N_u / N_l, so that the
-labeled minibatch counts per datapoint as the unlabeled one; α = 0.1·N_u / N_l.
+each Term's minibatch scaled to its own data set's size and then by its weight, w = N_u / N_l: the
+classifier's mean over the labeled minibatch counts α times the unlabeled minibatch's mean ELBO;
+α = 0.1·N_u / N_l.
 
     python examples/semi_supervised.py [--labels 100] [--epochs 5] [--subset 10000]
 """
@@ -106,7 +107,7 @@ def main():
     print(f"{len(labeled)} labeled, {int(unlabeled.sum())} unlabeled MNIST images; α = {alpha:g}, w = {w:g}")
     pyrovae.train(ss_vae.model, config_enumerate(ss_vae.guide, "parallel"), x[unlabeled], elbo="enum",
                   epochs=args.epochs, batch_size=100, lr=1e-3, progress=False, callback=report,
-                  extra=[pyrovae.Term(ss_vae.model, ss_vae.guide, (x_l, y_l), elbo="trace", weight=w),
+                  extra=[pyrovae.Term(ss_vae.model, ss_vae.guide, (x_l, y_l), elbo="trace"),
                          pyrovae.Term(ss_vae.model_classify, ss_vae.guide_classify, (x_l, y_l), elbo="trace",
                                       weight=alpha * w)])
 

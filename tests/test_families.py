@@ -207,17 +207,17 @@ def test_m2_classifier_gives_probabilities_and_its_term_is_log_q():
     assert loss == pytest.approx(-probs[torch.arange(6), y].log().sum().item(), rel=1e-10)
 
 
-def test_m2_step_objective_weights_a_labeled_minibatch_as_the_unlabeled_one():
+def test_m2_step_objective_weights_the_classifier_per_minibatch():
     """The loss of a step (per unlabeled datapoint) of M2 trained with its ``labeled_terms`` is
-    −[mean_u U(x) + mean_l L(x, y) + α mean_l log q(y|x)] (the module's J_step / N_u), with each
-    mean estimated by Pyro's own ELBOs (200 particles: the two sides agree to 0.01 nats here; the
-    tolerance, 0.5, is far below the 20 nats by which weighting the labeled terms N_l / N_u = 1/4
-    as much, each labeled pair once an epoch, moves it)."""
+    −[mean_u U(x) + (N_l/N_u) mean_l L(x, y) + α mean_l log q(y|x)] (the module's J_step / N_u),
+    each mean estimated by Pyro's own ELBOs (200 particles: the two sides agree to 0.01 nats here;
+    the tolerance, 0.5, is far below the 11 nats by which the classifier's sum weighted once an
+    epoch, N_l / N_u = 1/4 as much, moves it)."""
     model = m2()
     (x_u, _), (x_l, y_l) = classes(16, seed=1, dtype=F64), classes(4, seed=2, dtype=F64, balanced=True)
-    alpha, particles = 3.0, 200
+    alpha, particles = 10.0, 200
     terms = model.labeled_terms(x_l, y_l, num_unlabeled=16, classifier_weight=alpha)
-    assert [w for *_, w in terms] == [16 / 4, alpha * 16 / 4]
+    assert [w for *_, w in terms] == [1.0, alpha * 16 / 4]
 
     class FirstLoss(Callback):
         def on_step(self, state):
@@ -235,7 +235,7 @@ def test_m2_step_objective_weights_a_labeled_minibatch_as_the_unlabeled_one():
         mean_u = -enum.loss(model.model, model.guide, x_u) / 16
         mean_l = -trace.loss(model.model, model.guide, x_l, y_l) / 4
         log_q = model.classifier_posterior(x_l).log_prob(y_l).mean().item()
-    assert first.loss == pytest.approx(-(mean_u + mean_l + alpha * log_q), abs=0.5), (first.loss, mean_u, mean_l, log_q)
+    assert first.loss == pytest.approx(-(mean_u + 4 / 16 * mean_l + alpha * log_q), abs=0.5), (first.loss, mean_u, mean_l, log_q)
 
 
 def test_m2_trains_from_a_few_labels_with_terms():

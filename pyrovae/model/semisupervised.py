@@ -28,21 +28,20 @@ in which the last term trains the classifier on the labels directly (``classifie
 ``classifier_guide``). Trained by minibatches — B_u of the N_u unlabeled x and B_l of the N_l
 labeled pairs in every step — pyrovae maximises, per step (:meth:`SemiSupervisedVAE.labeled_terms`),
 
-    J_step = N_u · [ mean_{B_u} U(x) + mean_{B_l} L(x, y) + α · mean_{B_l} log q(y|x) ],
+    J_step = N_u · [ mean_{B_u} U(x) + (N_l / N_u) · mean_{B_l} L(x, y) + α · mean_{B_l} log q(y|x) ],
 
-the labeled minibatch weighted per datapoint as the unlabeled one, and α = 0.1 · N_u / N_l (the
-per-minibatch form of Kingma et al.'s α = 0.1·N; 60 for MNIST with 100 labels). Summed over an
-epoch this is J^α with each labeled pair counted N_u / N_l times — a few labels see every step, and
-weighted only once an epoch (the sums as written, each minibatch scaled to its own data set) the
-unlabeled term's pull on q(y|x) outweighs them: with 100 MNIST labels the test error then rises
-while training goes on. In pyrovae::
+α = 0.1 · N_u / N_l (60 for MNIST with 100 labels): the two ELBOs as in J^α (each datapoint once
+an epoch), the classifier's mean over the labeled minibatch weighted α against the unlabeled
+minibatch's mean ELBO — the per-minibatch form of Kingma et al.'s α = 0.1·N. Weighted as in J^α
+instead (the classifier's sum scaled to the N_l pairs: N_l / N_u times less), the
+unlabeled term's pull on q(y|x) outweighs a hundred labels, and the test error rises while
+training goes on. In pyrovae::
 
-    w = len(x_unlabeled) / len(x_labeled)
     pyrovae.train(m2.model, m2.guide, x_unlabeled, elbo="enum", extra=[
-        pyrovae.Term(m2.model, m2.guide, (x_labeled, y_labeled), weight=w),
-        pyrovae.Term(m2.classifier_model, m2.classifier_guide, (x_labeled, y_labeled), weight=alpha * w)])
+        pyrovae.Term(m2.model, m2.guide, (x_labeled, y_labeled)),
+        pyrovae.Term(m2.classifier_model, m2.classifier_guide, (x_labeled, y_labeled),
+                     weight=alpha * len(x_unlabeled) / len(x_labeled))])
 
-(each Term's minibatch is scaled by N_l / B_l, its weight then makes it N_u / B_l).
 """
 from __future__ import annotations
 
@@ -131,13 +130,13 @@ class SemiSupervisedVAE(ConditionalVAE):
     # -- the family protocol ---------------------------------------------------------------------------
     def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, *, num_unlabeled: int,
                       classifier_weight: float = 0.0) -> list:
-        """L on the N_l labeled pairs (x ``[N_l, *input_shape]``, y ``[N_l]``) and, when
-        ``classifier_weight`` α > 0, α log q(y|x), each weighted w = N_u / N_l
-        (``num_unlabeled`` / N_l) so that a step's labeled minibatch counts per datapoint as the
-        unlabeled one (the module's J_step): ``[(model, guide, (x, y), w),
+        """L on the N_l labeled pairs (x ``[N_l, *input_shape]``, y ``[N_l]``), weight 1, and, when
+        ``classifier_weight`` α > 0, log q(y|x) weighted α w, w = N_u / N_l (``num_unlabeled`` /
+        N_l), so that the labeled minibatch's mean log q counts α times the unlabeled minibatch's
+        mean ELBO (the module's J_step): ``[(model, guide, (x, y), 1.0),
         (classifier_model, classifier_guide, (x, y), α w)]``."""
         w = checks.positive_int("num_unlabeled", num_unlabeled) / len(x)
-        terms = [(self.model, self.guide, (x, y), w)]
+        terms = [(self.model, self.guide, (x, y), 1.0)]
         if classifier_weight > 0:
             terms.append((self.classifier_model, self.classifier_guide, (x, y), classifier_weight * w))
         return terms
