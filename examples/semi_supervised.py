@@ -1,14 +1,16 @@
 """MNIST from a few labels: the M2 model of Kingma et al. (2014), written as a user's own Pyro
 model/guide pair in the style of Pyro's examples/vae/ss_vae_M2.py, trained by pyrovae.train.
 
-One run trains on the labeled pairs (x, y) and the unlabeled x together; each step maximises
+One run trains on the labeled pairs (x, y) and the unlabeled x together; each step maximises,
+for a minibatch of the N_u unlabeled x and one of the N_l labeled pairs,
 
-      Σ_unlabeled U(x)          the main pair on x alone, y summed out in the guide (elbo="enum")
-    + Σ_labeled   L(x, y)       Term(model, guide, (x_l, y_l))
-    + α Σ_labeled log q(y|x)    Term(model_classify, guide_classify, (x_l, y_l), weight=α)
+    N_u · [ mean U(x)                  the main pair on x alone, y summed out in the guide (elbo="enum")
+          + (N_l / N_u) mean L(x, y)   Term(model, guide, (x_l, y_l))
+          + α mean log q(y|x) ]        Term(model_classify, guide_classify, (x_l, y_l), weight=α·w)
 
-each part's minibatch scaled to its own data set's size. α = 0.1·N / N_l is Kingma et al.'s
-α = 0.1·N, which weights the mean over the N_l labeled pairs.
+each Term's minibatch scaled to its own data set's size and then by its weight, w = N_u / N_l: the
+classifier's mean over the labeled minibatch counts α times the unlabeled minibatch's mean ELBO;
+α = 0.1·N_u / N_l.
 
     python examples/semi_supervised.py [--labels 100] [--epochs 5] [--subset 10000]
 """
@@ -92,7 +94,8 @@ def main():
 
     pyro.set_rng_seed(0)
     ss_vae = SSVAE()
-    alpha = 0.1 * len(x) / len(labeled)
+    w = int(unlabeled.sum()) / len(labeled)
+    alpha = 0.1 * w
     start = time.perf_counter()
 
     def report(history):
@@ -101,12 +104,12 @@ def main():
         print(f"epoch {history[-1]['epoch']}  ELBO {history[-1]['train_elbo']:8.2f}  "
               f"test accuracy {accuracy:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    print(f"{len(labeled)} labeled, {int(unlabeled.sum())} unlabeled MNIST images; α = {alpha:g}")
+    print(f"{len(labeled)} labeled, {int(unlabeled.sum())} unlabeled MNIST images; α = {alpha:g}, w = {w:g}")
     pyrovae.train(ss_vae.model, config_enumerate(ss_vae.guide, "parallel"), x[unlabeled], elbo="enum",
-                  epochs=args.epochs, batch_size=100, lr=3e-3, progress=False, callback=report,
+                  epochs=args.epochs, batch_size=100, lr=1e-3, progress=False, callback=report,
                   extra=[pyrovae.Term(ss_vae.model, ss_vae.guide, (x_l, y_l), elbo="trace"),
                          pyrovae.Term(ss_vae.model_classify, ss_vae.guide_classify, (x_l, y_l), elbo="trace",
-                                      weight=alpha)])
+                                      weight=alpha * w)])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pyrovae
 from pyrovae import ConditionalVAE, SemiSupervisedVAE, TwoLayerVAE
 from pyrovae.errors import DataError, InputError
 from pyrovae.inference import traces
+from pyrovae.inference.callbacks import Callback
 from pyrovae.inference.estimators import log_weights
 from pyrovae.inference.pairs import check_pair_on
 
@@ -206,6 +207,37 @@ def test_m2_classifier_gives_probabilities_and_its_term_is_log_q():
     assert loss == pytest.approx(-probs[torch.arange(6), y].log().sum().item(), rel=1e-10)
 
 
+def test_m2_step_objective_weights_the_classifier_per_minibatch():
+    """The loss of a step (per unlabeled datapoint) of M2 trained with its ``labeled_terms`` is
+    −[mean_u U(x) + (N_l/N_u) mean_l L(x, y) + α mean_l log q(y|x)] (the module's J_step / N_u),
+    each mean estimated by Pyro's own ELBOs (200 particles: the two sides agree to 0.01 nats here;
+    the tolerance, 0.5, is far below the 11 nats by which the classifier's sum weighted once an
+    epoch, N_l / N_u = 1/4 as much, moves it)."""
+    model = m2()
+    (x_u, _), (x_l, y_l) = classes(16, seed=1, dtype=F64), classes(4, seed=2, dtype=F64, balanced=True)
+    alpha, particles = 10.0, 200
+    terms = model.labeled_terms(x_l, y_l, num_unlabeled=16, classifier_weight=alpha)
+    assert [w for *_, w in terms] == [1.0, alpha * 16 / 4]
+
+    class FirstLoss(Callback):
+        def on_step(self, state):
+            self.loss = getattr(self, "loss", state.loss)
+
+    first = FirstLoss()
+    pyrovae.train(model.model, model.guide, x_u, elbo="enum", epochs=1, batch_size=16, num_particles=particles,
+                  seed=0, progress=False, callbacks=[first],
+                  extra=[pyrovae.Term(m, g, args, elbo="trace", weight=w) for m, g, args, w in terms])
+    model = m2()  # the same initial parameters the step's loss was computed with
+    pyro.set_rng_seed(5)
+    enum, trace = (E(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+                   for E in (TraceEnum_ELBO, Trace_ELBO))
+    with torch.no_grad():
+        mean_u = -enum.loss(model.model, model.guide, x_u) / 16
+        mean_l = -trace.loss(model.model, model.guide, x_l, y_l) / 4
+        log_q = model.classifier_posterior(x_l).log_prob(y_l).mean().item()
+    assert first.loss == pytest.approx(-(mean_u + 4 / 16 * mean_l + alpha * log_q), abs=0.5), (first.loss, mean_u, mean_l, log_q)
+
+
 def test_m2_trains_from_a_few_labels_with_terms():
     """512 unlabeled and 8 labeled images (2 per class) of 4 prototypes, 10% of pixels flipped: one
     run with the Term API raises the labeled ELBO of held-out pairs and classifies them far above
@@ -222,12 +254,9 @@ def test_m2_trains_from_a_few_labels_with_terms():
             return elbo, (model.predict(x_t) == y_t).float().mean().item()
 
     elbo_before, _ = scores()
-    alpha = 0.1 * (512 + 8) / 8
+    terms = model.labeled_terms(x_l, y_l, num_unlabeled=512, classifier_weight=0.1 * 512 / 8)
     pyrovae.train(model.model, model.guide, x_u, elbo="enum", epochs=12, batch_size=64, lr=1e-2, seed=0,
-                  progress=False,
-                  extra=[pyrovae.Term(model.model, model.guide, (x_l, y_l), elbo="trace"),
-                         pyrovae.Term(model.classifier_model, model.classifier_guide, (x_l, y_l), elbo="trace",
-                                      weight=alpha)])
+                  progress=False, extra=[pyrovae.Term(m, g, args, elbo="trace", weight=w) for m, g, args, w in terms])
     elbo_after, accuracy = scores()
     assert elbo_after > elbo_before + 5, (elbo_before, elbo_after)
     assert accuracy > 0.6, accuracy
@@ -325,7 +354,7 @@ def test_semi_supervised_example_trains_a_users_pair_from_labeled_and_unlabeled_
                            "--epochs", "1", "--subset", "2000"], cwd=root, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "100 labeled, 1900 unlabeled MNIST images; α = 2" in done.stdout, done.stdout
+    assert "100 labeled, 1900 unlabeled MNIST images; α = 1.9, w = 19" in done.stdout, done.stdout
     accuracy = float(done.stdout.split("test accuracy ")[1].split()[0])
     assert 0.15 < accuracy <= 1.0, done.stdout   # above chance (0.1; its SE on 10,000 test images 0.003)
 
@@ -344,3 +373,19 @@ def test_a_config_builds_each_family_and_the_two_layer_vae_keeps_burdas_sizes():
     with pytest.raises(pyrovae.errors.ConfigError, match="unknown option"):
         run.build_model(config.validate({"model": {"family": "vae", "family_options": {"latent_dims": [3, 2]}}}),
                         (28, 28))
+
+
+def test_the_two_layer_config_states_the_cosine_and_dreg_recipe():
+    """examples/configs/mnist-2layer.toml: Burda's two-layer sizes, trained as the one-layer IWAE
+    that reached −86.43 (k = 5, DReG, Adam ε 1e-4, minibatch 100, one cosine 1e-3 → 1e-5 over the
+    planned epochs); the settings build an optimizer and the model."""
+    from pyrovae.app import config, run
+    from pyrovae.inference.optim import OptimizerSettings
+
+    cfg = config.load(Path(__file__).resolve().parents[1] / "examples" / "configs" / "mnist-2layer.toml")
+    t = cfg["train"]
+    assert (t["elbo"], t["num_particles"], t["gradient"], t["batch_size"], t["adam_eps"]) == ("iwae", 5, "dreg", 100, 1e-4)
+    assert t["lr_schedule"] == "cosine" and t["lr_schedule_options"] == {"total_epochs": t["epochs"], "final": 0.01}
+    settings = OptimizerSettings(**config.optimizer_options(t))
+    assert settings.lr_at(1) == pytest.approx(1e-3) and settings.lr_at(t["epochs"] + 1) == pytest.approx(1e-5)
+    assert run.build_model(cfg, (28, 28)).latent_dims == (100, 50)

@@ -88,8 +88,8 @@ class TrainKeys(Settings):
     """The [train] keys the app reads itself (the trainer's: :mod:`pyrovae.inference.settings`)."""
 
     seed: int = setting(0, "seeds Pyro/torch before the model is built (and the data's draws)", low=0)
-    classifier_weight: float = setting(0.0, "family \"m2\": α', the weight of Σ_labeled log q(y|x) (0 = no "
-                                       "classifier term)", low=0)
+    classifier_weight: float = setting(0.0, "family \"m2\": α, the weight of the labeled minibatch's mean "
+                                       "log q(y|x) (0 = no classifier term)", low=0)
     log: list = setting(["csv"], "what the run writes as it trains: csv | tensorboard | mlflow (training.md#watching-a-run)",
                         choices=LOGGERS)
 

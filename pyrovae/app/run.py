@@ -141,7 +141,8 @@ def training_data(cfg: dict, model, train_split, test_split):
     """(data, test_data, extra Terms) for :func:`pyrovae.train`, as the model family takes them
     (``model.arguments``: ``x``, or ``(x, y)`` for a conditional VAE); a ``semi_supervised`` family
     (M2) trains its pair on the unlabeled x and its ``labeled_terms`` on ``data.labeled``
-    examples (balanced, seeded), the classifier's weighted by ``train.classifier_weight`` (α')."""
+    examples (balanced, seeded), the classifier's weighted by ``train.classifier_weight`` (α, on the
+    labeled minibatch's mean as the unlabeled ELBO's mean is weighted 1)."""
     if not model.semi_supervised:
         return (model.arguments(train_split, train_split.labels), model.arguments(test_split, test_split.labels), [])
     n = cfg["data"]["labeled"]
@@ -152,8 +153,9 @@ def training_data(cfg: dict, model, train_split, test_split):
     rest = torch.ones(len(train_split), dtype=torch.bool)
     rest[idx] = False
     labeled, unlabeled = train_split.select(idx), train_split.select(rest.nonzero().squeeze(1))
-    extra = [Term(m, g, args, elbo="trace", weight=w)
-             for m, g, args, w in model.labeled_terms(labeled, labeled.labels, cfg["train"]["classifier_weight"])]
+    terms = model.labeled_terms(labeled, labeled.labels, num_unlabeled=len(unlabeled),
+                                classifier_weight=cfg["train"]["classifier_weight"])
+    extra = [Term(m, g, args, elbo="trace", weight=w) for m, g, args, w in terms]
     return unlabeled, test_split, extra
 
 

@@ -162,11 +162,12 @@ class LatentVariableModel(nn.Module):
             raise InputError(f"the {type(self).__name__}'s model and guide need the data's labels, and none were given")
         return x, labels
 
-    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> list:
+    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, *, num_unlabeled: int,
+                      classifier_weight: float = 0.0) -> list:
         """The parts of the objective on labeled pairs (x ``[N_l, *input_shape]``, y ``[N_l]``) of a
-        :attr:`semi_supervised` family: a list of ``(model, guide, args, weight)``, each trained
-        with ``Trace_ELBO`` beside the main pair (weight × its ELBO, each minibatch scaled to the
-        N_l pairs). None for the others."""
+        :attr:`semi_supervised` family whose main pair trains on ``num_unlabeled`` x: a list of
+        ``(model, guide, args, weight)``, each trained with ``Trace_ELBO`` beside the main pair
+        (weight × its ELBO, each minibatch scaled to the N_l pairs). None for the others."""
         return []
 
     def checkpoint_pairs(self) -> list:

@@ -25,14 +25,23 @@ q(y|x)'s gradient by the score function. The objective maximised is
     J^α = Σ_{(x,y) labeled} L(x, y) + Σ_{x unlabeled} U(x) + α' Σ_{(x,y) labeled} log q(y|x),
 
 in which the last term trains the classifier on the labels directly (``classifier_model`` /
-``classifier_guide``, the term's weight α'). Kingma et al. weight the *mean* over the N_l labeled
-pairs by α = 0.1·N (N all datapoints): as a weight on the sum, α' = α / N_l = 0.1·N / N_l. In pyrovae::
+``classifier_guide``). Trained by minibatches — B_u of the N_u unlabeled x and B_l of the N_l
+labeled pairs in every step — pyrovae maximises, per step (:meth:`SemiSupervisedVAE.labeled_terms`),
+
+    J_step = N_u · [ mean_{B_u} U(x) + (N_l / N_u) · mean_{B_l} L(x, y) + α · mean_{B_l} log q(y|x) ],
+
+α = 0.1 · N_u / N_l (60 for MNIST with 100 labels): the two ELBOs as in J^α (each datapoint once
+an epoch), the classifier's mean over the labeled minibatch weighted α against the unlabeled
+minibatch's mean ELBO — the per-minibatch form of Kingma et al.'s α = 0.1·N. Weighted as in J^α
+instead (the classifier's sum scaled to the N_l pairs: N_l / N_u times less), the
+unlabeled term's pull on q(y|x) outweighs a hundred labels, and the test error rises while
+training goes on. In pyrovae::
 
     pyrovae.train(m2.model, m2.guide, x_unlabeled, elbo="enum", extra=[
         pyrovae.Term(m2.model, m2.guide, (x_labeled, y_labeled)),
-        pyrovae.Term(m2.classifier_model, m2.classifier_guide, (x_labeled, y_labeled), weight=alpha)])
+        pyrovae.Term(m2.classifier_model, m2.classifier_guide, (x_labeled, y_labeled),
+                     weight=alpha * len(x_unlabeled) / len(x_labeled))])
 
-each part scaled to its own data set's size.
 """
 from __future__ import annotations
 
@@ -119,12 +128,17 @@ class SemiSupervisedVAE(ConditionalVAE):
         """The auxiliary term's guide: no latent."""
 
     # -- the family protocol ---------------------------------------------------------------------------
-    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> list:
-        """L on the labeled pairs and, when ``classifier_weight`` α' > 0, α' Σ log q(y|x):
-        ``[(model, guide, (x, y), 1.0), (classifier_model, classifier_guide, (x, y), α')]``."""
+    def labeled_terms(self, x: torch.Tensor, y: torch.Tensor, *, num_unlabeled: int,
+                      classifier_weight: float = 0.0) -> list:
+        """L on the N_l labeled pairs (x ``[N_l, *input_shape]``, y ``[N_l]``), weight 1, and, when
+        ``classifier_weight`` α > 0, log q(y|x) weighted α w, w = N_u / N_l (``num_unlabeled`` /
+        N_l), so that the labeled minibatch's mean log q counts α times the unlabeled minibatch's
+        mean ELBO (the module's J_step): ``[(model, guide, (x, y), 1.0),
+        (classifier_model, classifier_guide, (x, y), α w)]``."""
+        w = checks.positive_int("num_unlabeled", num_unlabeled) / len(x)
         terms = [(self.model, self.guide, (x, y), 1.0)]
         if classifier_weight > 0:
-            terms.append((self.classifier_model, self.classifier_guide, (x, y), classifier_weight))
+            terms.append((self.classifier_model, self.classifier_guide, (x, y), classifier_weight * w))
         return terms
 
     def checkpoint_pairs(self) -> list:
