@@ -386,6 +386,6 @@ def test_the_two_layer_config_states_the_cosine_and_dreg_recipe():
     t = cfg["train"]
     assert (t["elbo"], t["num_particles"], t["gradient"], t["batch_size"], t["adam_eps"]) == ("iwae", 5, "dreg", 100, 1e-4)
     assert t["lr_schedule"] == "cosine" and t["lr_schedule_options"] == {"total_epochs": t["epochs"], "final": 0.01}
-    settings = OptimizerSettings(**config.optimizer_options(t))
+    settings = config.settings(t, OptimizerSettings)
     assert settings.lr_at(1) == pytest.approx(1e-3) and settings.lr_at(t["epochs"] + 1) == pytest.approx(1e-5)
     assert run.build_model(cfg, (28, 28)).latent_dims == (100, 50)
