@@ -194,9 +194,9 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     per datapoint and −KL where ``analytic`` and a closed form stands.
 
     Returns ``({"reconstruction": [...], "latent": [...], "enumerated": [...]}, analytic site
-    names in the guide's order, model_dims)``: the observed sites' log p(x|·); for each latent site log p(z|·) and
-    −log q(z|·) (or −KL where analytic); log q(y|·) of each enumerated guide site (empty when there
-    is none); and the dimensions of the per-datapoint terms over which the model enumerates its own
+    names in the guide's order, model_dims)``: the observed sites' log p(x|·); for each latent site
+    log p(z|·) and −log q(z|·) (or −KL where analytic); log q(y|·) of each enumerated guide site
+    (empty when there is none); and the dimensions of the per-datapoint terms over which the model enumerates its own
     sites (to be summed out, :func:`_marginal`).
     """
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)

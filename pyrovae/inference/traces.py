@@ -3,7 +3,8 @@
 A model/guide pair is run the way Pyro's ELBOs run it: the guide is traced, then the model is
 traced replaying the guide's draws (:func:`traces`). :func:`particle_traces` does the same with
 r draws vectorized in a plate left of every plate of the pair; :func:`enum_traces` also lets the
-sites marked for parallel enumeration take every value of their supports at once;
+sites marked for parallel enumeration take every value of their supports at once; :func:`site_terms`
+walks a run's sites, term by term of the ELBO (:func:`elbo_terms`, the terms alone);
 :func:`nesting_of` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
 is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
 at a pair run it under :func:`pyrovae.inference.state.preserved_rng`, so the random state — CPU and
