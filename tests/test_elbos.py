@@ -8,6 +8,7 @@ from pyro.infer import TraceMeanField_ELBO
 
 import pyrovae
 from pyrovae.inference.elbos import ELBOS, MeanField_ELBO, make_elbo
+from pyrovae.inference.traces import kl_or_none, sample_sites, site_terms, traces
 from pyrovae.inference.train import ScaleLatents
 
 
@@ -106,3 +107,39 @@ def test_the_registry_names_each_objective():
     assert (type(iwae).__name__, iwae.alpha, iwae.num_particles, iwae.vectorize_particles) == ("RenyiELBO", 0, 5, True)
     with pytest.raises(ValueError, match="unknown elbo 'elbow'; expected one of enum, graph, iwae, mean-field, trace"):
         make_elbo("elbow")
+
+
+def test_site_terms_name_each_term_of_the_walk_in_order():
+    """The one per-site walk of the ELBO: which sites contribute which term, in which order — log p and
+    −log q site by site (Trace_ELBO), or per model site −KL where one is given, else log p, −log q (a
+    latent only the model has: log p alone), then the auxiliary guide sites (mean-field)."""
+    def model(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        k = pyro.sample("k", dist.Bernoulli(0.3))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(w + k, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.StudentT(5.0, x / 2, 0.7))  # no closed-form KL to a Normal
+        pyro.sample("w", dist.Normal(0.1, 0.9))
+        pyro.sample("u", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+
+    x = torch.randn(4, generator=torch.Generator().manual_seed(0))
+    pyro.set_rng_seed(0)
+    model_sites, guide_sites = map(sample_sites, traces(model, guide, x))
+
+    def log_density(site):
+        return site["fn"].log_prob(site["value"]).sum()
+
+    plain = list(site_terms(model_sites, guide_sites, log_density, log_density))
+    assert [(kind, name) for kind, name, _ in plain] == [
+        ("latent", "w"), ("latent", "k"), ("latent", "z"), ("observed", "x"),
+        ("guide", "z"), ("guide", "w"), ("auxiliary", "u")]
+    mean_field = list(site_terms(model_sites, guide_sites, log_density, log_density, kl=kl_or_none))
+    assert [(kind, name) for kind, name, _ in mean_field] == [
+        ("kl", "w"), ("latent", "k"), ("latent", "z"), ("guide", "z"), ("observed", "x"), ("auxiliary", "u")]
+    closed = torch.distributions.kl_divergence(guide_sites["w"]["fn"], model_sites["w"]["fn"])
+    assert mean_field[0][2].item() == pytest.approx(-closed.item(), rel=1e-12)
+    assert plain[4][2].item() == pytest.approx(-log_density(guide_sites["z"]).item(), rel=1e-12)

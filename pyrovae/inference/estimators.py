@@ -90,8 +90,8 @@ from ..errors import InputTypeError, PairError, PyrovaeError
 from .arguments import batch_size_of
 from .pairs import check_pair_on, check_reparameterized
 from .vectorize import particles_agree
-from .traces import (PARTICLES, enum_traces, kl_or_none, log_density, nesting_of, particle_traces, sample_sites,
-                     traces)
+from .traces import (AUXILIARY, GUIDE, KL, OBSERVED, PARTICLES, enum_traces, kl_or_none, log_density, nesting_of,
+                     particle_traces, sample_sites, site_terms, traces)
 
 #: particles × batch rows evaluated at once by the chunked estimators: always on a GPU, and the
 #: most on a CPU (bounds memory).
@@ -189,12 +189,14 @@ def _enumerate_dim(site) -> Optional[int]:
 
 def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     """Per-datapoint terms of the ELBO, each [particles, batch] ([E..., particles, batch] where
-    enumerated sites add dimensions E), keyed by what they are.
+    enumerated sites add dimensions E), keyed by what they are: the terms of
+    :func:`~pyrovae.inference.traces.site_terms`, in its order, with each site's log density reduced
+    per datapoint and −KL where ``analytic`` and a closed form stands.
 
     Returns ``({"reconstruction": [...], "latent": [...], "enumerated": [...]}, analytic site
-    names, model_dims)``: the observed sites' log p(x|·); for each latent site log p(z|·) and
-    −log q(z|·) (or −KL where analytic); log q(y|·) of each enumerated guide site (empty when there
-    is none); and the dimensions of the per-datapoint terms over which the model enumerates its own
+    names in the guide's order, model_dims)``: the observed sites' log p(x|·); for each latent site
+    log p(z|·) and −log q(z|·) (or −KL where analytic); log q(y|·) of each enumerated guide site
+    (empty when there is none); and the dimensions of the per-datapoint terms over which the model enumerates its own
     sites (to be summed out, :func:`_marginal`).
     """
     model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
@@ -204,10 +206,10 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     model_dims = sorted({_enumerate_dim(s) + layout.nesting - 1 for s in in_model.values()})
     every = enumerated + list(in_model)
 
-    def term(name, site, tensor):
+    def term(site, tensor):
         if every and layout.enum_dims(tensor) and not layout.in_data_plate(site) \
                 and tensor.shape[:layout.enum_dims(tensor)].numel() > 1:
-            raise PairError(f"site '{name}' lies outside the data plate but depends on the enumerated site(s) "
+            raise PairError(f"site '{site['name']}' lies outside the data plate but depends on the enumerated site(s) "
                             f"{', '.join(repr(n) for n in every)}: its log-density cannot be shared among "
                             f"the datapoints; sample the discrete site instead (no infer={{'enumerate': ...}})")
         return layout.per_datapoint(tensor)
@@ -215,26 +217,25 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     def on_model_dims(t):
         return any(t.dim() >= -d and t.shape[d] > 1 for d in model_dims)
 
-    terms = {"reconstruction": [], "latent": [], "enumerated": []}
-    analytic_names = []
-    for name, site in guide_sites.items():
+    def per_datapoint(site):
+        return term(site, log_density(site))
+
+    def closed_form(guide_site, model_site):
         # an enumerated site's expectation is exact already: Σ_e q(e)(log p − log q) = −KL; and a KL
         # that depends on a site the model enumerates cannot stand inside the sum over that site
-        kl = kl_or_none(site, model_sites.get(name)) if analytic and name not in enumerated else None
-        kl = None if kl is None else term(name, site, kl)
-        if kl is None or on_model_dims(kl):
-            log_q = term(name, site, log_density(site))
-            terms["latent"].append(-log_q)
-            if name in enumerated:
-                terms["enumerated"].append(log_q)
-        else:
-            terms["latent"].append(-kl)
+        kl = kl_or_none(guide_site, model_site) if analytic and guide_site["name"] not in enumerated else None
+        kl = None if kl is None else term(guide_site, kl)
+        return None if kl is None or on_model_dims(kl) else kl
+
+    terms = {"reconstruction": [], "latent": [], "enumerated": []}
+    analytic_names = []
+    for kind, name, value in site_terms(model_sites, guide_sites, per_datapoint, per_datapoint, closed_form):
+        terms["reconstruction" if kind == OBSERVED else "latent"].append(value)
+        if kind == KL:
             analytic_names.append(name)
-    for name, site in model_sites.items():
-        if name not in analytic_names:
-            kind = "reconstruction" if site["is_observed"] else "latent"
-            terms[kind].append(term(name, site, log_density(site)))
-    return terms, analytic_names, model_dims
+        elif kind in (GUIDE, AUXILIARY) and name in enumerated:
+            terms["enumerated"].append(-value)  # log q(y|·)
+    return terms, [n for n in guide_sites if n in analytic_names], model_dims
 
 
 def _enumerates(model_trace, guide_trace, layout: _Layout) -> bool:

@@ -3,7 +3,8 @@
 A model/guide pair is run the way Pyro's ELBOs run it: the guide is traced, then the model is
 traced replaying the guide's draws (:func:`traces`). :func:`particle_traces` does the same with
 r draws vectorized in a plate left of every plate of the pair; :func:`enum_traces` also lets the
-sites marked for parallel enumeration take every value of their supports at once;
+sites marked for parallel enumeration take every value of their supports at once; :func:`site_terms`
+walks a run's sites, term by term of the ELBO (:func:`elbo_terms`, the terms alone);
 :func:`nesting_of` finds how many batch dimensions the pair's plates use; :func:`kl_or_none`
 is the closed-form KL of a latent site where torch or Pyro registers one. Helpers that only look
 at a pair run it under :func:`pyrovae.inference.state.preserved`, so the random state — CPU and
@@ -140,37 +141,59 @@ def summed_log_density(site) -> Optional[torch.Tensor]:
     return -binary_cross_entropy_with_logits(logits, value, reduction="sum") * scale
 
 
-def elbo_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p, log_q, kl=None):
-    """The terms of one run's ELBO, in the order they are added up — the one place the ELBO's
-    per-site sum is written (the mean-field and path-wise ELBOs and the fast step use it).
+#: what each term of :func:`site_terms` is: log p(x) of an observed site, log p(z) of a latent one,
+#: −log q(z) of the guide site of a latent, −KL(q ‖ p) of a latent in closed form, −log q of an
+#: auxiliary guide site (one the model does not have)
+OBSERVED, LATENT, GUIDE, KL, AUXILIARY = "observed", "latent", "guide", "kl", "auxiliary"
+
+
+def site_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p, log_q, kl=None):
+    """The terms of one run's ELBO, in the order they are added up, each as (what it is, site name,
+    term) — the one place the ELBO's per-site sum is written (the mean-field and path-wise ELBOs,
+    the fast step and the estimators use it).
 
     ``model_sites``, ``guide_sites``: name → sample site of the model (replayed on the guide's
     draws) and of the guide, subsample sites left out — a ``Trace``'s nodes or Pyro's messages,
-    which have the same keys; ``log_p(site)``, ``log_q(site)``: the site's s·Σ log density as the
-    caller computes it (a scalar tensor). Then::
+    which have the same keys; ``log_p(site)``, ``log_q(site)``: the site's log density as the
+    caller computes it (s·Σ log p, a scalar, for an ELBO; a tensor per datapoint for the
+    estimators); ``kl(guide_site, model_site)``: KL(q ‖ p) of a latent, whose negation replaces
+    its log p(z) − log q(z), or None to keep those two. Then::
 
-        without kl (Trace_ELBO):  log_p(s) of every model site in order, then −log_q(s) of every guide site
-        with kl (mean-field):     per model site in order: log_p(x) (observed); −kl(q_site, p_site)
-                                  (latent, when kl gives one, not None); else log_p(z), −log_q(z);
-                                  then −log_q(s) of each auxiliary guide site (not in the model)
+        without kl (Trace_ELBO):  (OBSERVED or LATENT, log_p(s)) of every model site in order,
+                                  then (GUIDE or AUXILIARY, −log_q(s)) of every guide site in order
+        with kl (mean-field):     per model site in order: (OBSERVED, log_p(x)) of an observed site;
+                                  (KL, −kl(q_site, p_site)) of a latent when kl gives one (not None),
+                                  else (LATENT, log_p(z)), (GUIDE, −log_q(z)) — log_p(z) alone for a
+                                  latent the guide lacks (one the model enumerates); then
+                                  (AUXILIARY, −log_q(s)) of each guide site not in the model
 
     so that Σ of the terms is the ELBO of the run (its particles summed), and Σ of their numbers,
     left to right, is the number Pyro's ``Trace_ELBO`` adds up site by site.
     """
     if kl is None:
-        yield from (log_p(site) for site in model_sites.values())
-        yield from (-log_q(site) for site in guide_sites.values())
+        for name, site in model_sites.items():
+            yield (OBSERVED if site["is_observed"] else LATENT), name, log_p(site)
+        for name, site in guide_sites.items():
+            yield (GUIDE if name in model_sites else AUXILIARY), name, -log_q(site)
         return
     for name, site in model_sites.items():
         if site["is_observed"]:
-            yield log_p(site)
+            yield OBSERVED, name, log_p(site)
             continue
-        closed = kl(guide_sites[name], site)
+        guide_site = guide_sites.get(name)
+        closed = None if guide_site is None else kl(guide_site, site)
         if closed is not None:
-            yield -closed
-        else:
-            yield log_p(site)
-            yield -log_q(guide_sites[name])
-    for name, site in guide_sites.items():  # auxiliary guide sites
+            yield KL, name, -closed
+            continue
+        yield LATENT, name, log_p(site)
+        if guide_site is not None:
+            yield GUIDE, name, -log_q(guide_site)
+    for name, site in guide_sites.items():
         if name not in model_sites:
-            yield -log_q(site)
+            yield AUXILIARY, name, -log_q(site)
+
+
+def elbo_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p, log_q, kl=None):
+    """The terms of :func:`site_terms` alone (what they are and their sites dropped): the ELBO's
+    summands, in order, for a caller that adds them up."""
+    return (term for _, _, term in site_terms(model_sites, guide_sites, log_p, log_q, kl))
