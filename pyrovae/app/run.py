@@ -433,7 +433,8 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
             if bar is not None:
                 bar.set_description(name)
             start = time.perf_counter()
-            values[name] = score_batches(fn, data, len(x), batch_size, device=on, bar=bar)
+            values[name] = score_batches(fn, data, len(x), batch_size, device=on, bar=bar,
+                                         show=running_bound if name == iwae_name else None)
             seconds[name] = time.perf_counter() - start
         if bar is not None:
             bar.close()
@@ -444,14 +445,21 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
     if vae.likelihood.eight_bit:  # a probability of 8-bit values: also in bits per dimension
         dims = math.prod(vae.input_shape)
         result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}
-    if y is not None:  # the family's own per-datapoint scores (M2: accuracy)
-        for name in vae.extra_scores(x[:1].to(on), y[:1]):
-            result[name] = mean_se(score_batches(lambda a, b, name=name: vae.extra_scores(a, b)[name], (x, y),
-                                                 len(x), batch_size, device=on))
+    if y is not None:  # the family's own per-datapoint scores (M2: accuracy), in evaluation mode too
+        with modes(modules_of(vae.model, vae.guide), False), torch.no_grad():
+            for name in vae.extra_scores(x[:1].to(on), y[:1]):
+                result[name] = mean_se(score_batches(lambda a, b, name=name: vae.extra_scores(a, b)[name], (x, y),
+                                                     len(x), batch_size, device=on))
     if closed_form_note:
         result["closed_form_elbo"] = closed_form_note
     result["seed"] = seed
     return result
+
+
+def running_bound(values: torch.Tensor) -> str:
+    """The progress bar's running IWAE bound over the datapoints scored so far."""
+    running = mean_se(values)
+    return f"log p(x) ≥ {running['mean']:.2f} ± {running['se']:.2f}"
 
 
 def estimate_seconds(score, k: int, batches: int, probe: int = 250, warm_up: bool = False) -> float:

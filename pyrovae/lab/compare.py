@@ -43,11 +43,13 @@ MIN_SD_POINTS = 64
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def score_batches(fn: Callable, data: tuple, n: int, batch_size: int, *, device=None, bar=None) -> torch.Tensor:
+def score_batches(fn: Callable, data: tuple, n: int, batch_size: int, *, device=None, bar=None,
+                  show: Optional[Callable[[torch.Tensor], str]] = None) -> torch.Tensor:
     """``fn(*batch)`` over the first n rows of the arguments ``data`` (each ``[N, ...]``), ``batch_size``
     rows at a time (moved to ``device`` when given), without gradients: the per-datapoint values
-    ``[n]`` (float64, CPU). ``bar`` (a tqdm bar), if given, advances one step a batch. The one loop
-    behind ``compare_estimators`` and ``pyrovae evaluate``."""
+    ``[n]`` (float64, CPU). ``bar`` (a tqdm bar), if given, advances one step a batch, with
+    ``show(values so far)`` as its postfix when given (a running estimate). The one loop behind
+    ``compare_estimators`` and ``pyrovae evaluate``."""
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
@@ -56,6 +58,8 @@ def score_batches(fn: Callable, data: tuple, n: int, batch_size: int, *, device=
                 batch = tuple(t.to(device) for t in batch)
             out.append(fn(*batch).detach().to("cpu", torch.float64))
             if bar is not None:
+                if show is not None:
+                    bar.set_postfix_str(show(torch.cat(out)), refresh=False)
                 bar.update(1)
     return torch.cat(out)
 
