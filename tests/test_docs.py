@@ -54,7 +54,8 @@ SHRINK = {
 }
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(fragment|output)\s*-->\s*$")
-NUMBER = re.compile(r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
+NUMBER_PATTERN = r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?"
+NUMBER = re.compile(NUMBER_PATTERN)
 
 
 # -- reading a page ----------------------------------------------------------------------------------
@@ -97,11 +98,10 @@ def shrunk(words: list) -> list:
 def output_matches(expected: str, printed: str) -> list:
     """The lines of ``expected`` that ``printed`` lacks (numbers match any number, spaces any spaces)."""
     def pattern(line):
-        parts = NUMBER.split(" ".join(line.split()))
-        return r"\s+".join(r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?".join(re.escape(p) for p in parts).split(r"\ "))
-    flat = "\n".join(" ".join(line.split()) for line in printed.splitlines())
+        words = [NUMBER_PATTERN.join(re.escape(part) for part in NUMBER.split(word)) for word in line.split()]
+        return r"\s+".join(words)
     return [line for line in expected.strip("\n").splitlines()
-            if line.strip() and not re.search(pattern(line.strip()), flat)]
+            if line.strip() and not re.search(pattern(line), printed)]
 
 
 # -- the folder the pages run in ---------------------------------------------------------------------
