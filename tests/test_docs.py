@@ -225,7 +225,27 @@ def test_every_block_of_the_page_runs_as_written(page, tmp_path, monkeypatch):
     import pyrovae
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(DATA_DIR))
     monkeypatch.setattr(pyrovae, "train", one_epoch(pyrovae.train))
-    run_page(page, workspace(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with user_modules_forgotten(tmp_path):
+        run_page(page, workspace(tmp_path))
+
+
+@contextlib.contextmanager
+def user_modules_forgotten(folder: Path):
+    """Afterwards, the modules imported from ``folder`` and the names they registered are gone."""
+    import pyrovae
+    from pyrovae.components import ACTIVATIONS
+    registries = [pyrovae.PRIORS, pyrovae.LIKELIHOODS, pyrovae.GUIDES, pyrovae.NETS, pyrovae.ELBOS,
+                  pyrovae.DATASETS, ACTIVATIONS]
+    before = [set(r.names()) for r in registries]
+    try:
+        yield
+    finally:
+        for registry, names in zip(registries, before):
+            for name in set(registry.names()) - names:
+                registry.unregister(name)
+        for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "")).startswith(str(folder))]:
+            del sys.modules[name]
 
 
 def test_every_runnable_shell_command_has_a_way_to_shrink():
