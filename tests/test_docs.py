@@ -368,3 +368,10 @@ def test_every_example_config_trains_one_short_epoch_and_evaluates(name, tmp_pat
     assert header == documented_metrics_columns(), "docs/cli.md's metrics.csv columns differ from the file's"
     printed = run_command(["pyrovae", "evaluate", str(run)], tmp_path)
     assert "iwae_bound" in printed, printed
+
+
+def test_configs_md_lists_every_example_config():
+    """docs/configs.md's table of examples names each file of examples/configs/, and no other."""
+    text = (ROOT / "docs" / "configs.md").read_text()
+    listed = re.findall(r"^\| \[`([\w.-]+\.toml)`\]\(\.\./examples/configs/\1\)", text, re.M)
+    assert sorted(listed) == CONFIGS
