@@ -375,3 +375,8 @@ def test_configs_md_lists_every_example_config():
     text = (ROOT / "docs" / "configs.md").read_text()
     listed = re.findall(r"^\| \[`([\w.-]+\.toml)`\]\(\.\./examples/configs/\1\)", text, re.M)
     assert sorted(listed) == CONFIGS
+
+
+def test_the_readme_stays_the_front_door():
+    """CONTRIBUTING.md: the README is at most 150 lines; the rest of the guide lives in docs/."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
