@@ -19,7 +19,7 @@ that is not registered is a ValueError naming the key, what is allowed and what 
     epochs = 10
     elbo = "trace"           # trace | mean-field | iwae | graph | enum
     gradient = "standard"    # standard | stl (with elbo trace) | dreg (with elbo iwae)
-    lr_schedule = "constant" # constant | step | exponential | burda; options in [train.lr_schedule_options]
+    lr_schedule = "constant" # constant | step | exponential | burda | cosine; options in [train.lr_schedule_options]
     clip_norm = 0.0          # > 0: clip each step's gradient to this total norm
     log = ["csv"]            # what the run writes as it trains: csv | tensorboard | mlflow (pyrovae.app.logs)
     precision = "float32"    # float32 | bf16 (networks under torch.autocast, log-densities in float32)

@@ -29,7 +29,7 @@ relative; equal to the bit, or to float rounding for a Bernoulli under ``Trace_E
 case of tests/test_faststep.py); else it stays with the Pyro
 ELBO for the rest of the run, with a warning. Every later step compares its sites (names, observed
 or latent) with the checked ones and goes back to the Pyro ELBO for good when they change. What
-it saves is in BENCHMARKS.md (issue 15 §3); ``train(..., fast_step=False)`` (``train.fast_step``)
+it saves is in BENCHMARKS.md, "Training speed"; ``train(..., fast_step=False)`` (``train.fast_step``)
 turns it off.
 """
 from __future__ import annotations

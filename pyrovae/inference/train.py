@@ -359,8 +359,8 @@ class Trainer:
         set, plus the extra terms', divided by its N).
 
         Pyro's validation (distribution arguments, supports, site shapes) checks the first step
-        of a run, which catches a pair's static mistakes; later steps skip it (5–7% of a step's
-        time, BENCHMARKS.md), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
+        of a run, which catches a pair's static mistakes; later steps skip it (it costs time at
+        every step), unless ``validate`` is set; a VAE's data were checked whole in ``__init__``.
         A non-finite loss takes no optimizer step.
         """
         kwargs = kwargs or {}
