@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of pyrovae: run it on a machine with a CUDA GPU, then copy the figures it prints
-# into BENCHMARKS.md ("GPU and several processes"). CI has no GPU; this script is how the CUDA
+# into BENCHMARKS.md ("Scaling to several processes", GPU). CI has no GPU; this script is how the CUDA
 # paths get exercised.
 #
 #   benchmarks/gpu_check.sh            # from the repository root; needs MNIST (PYROVAE_DATA_DIR or the cache)

@@ -55,7 +55,8 @@ SHRINK = {
 }
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(fragment|output)\s*-->\s*$")
-NUMBER = re.compile(r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
+NUMBER_PATTERN = r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?"
+NUMBER = re.compile(NUMBER_PATTERN)
 
 
 # -- reading a page ----------------------------------------------------------------------------------
@@ -98,11 +99,10 @@ def shrunk(words: list) -> list:
 def output_matches(expected: str, printed: str) -> list:
     """The lines of ``expected`` that ``printed`` lacks (numbers match any number, spaces any spaces)."""
     def pattern(line):
-        parts = NUMBER.split(" ".join(line.split()))
-        return r"\s+".join(r"[-−+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?".join(re.escape(p) for p in parts).split(r"\ "))
-    flat = "\n".join(" ".join(line.split()) for line in printed.splitlines())
+        words = [NUMBER_PATTERN.join(re.escape(part) for part in NUMBER.split(word)) for word in line.split()]
+        return r"\s+".join(words)
     return [line for line in expected.strip("\n").splitlines()
-            if line.strip() and not re.search(pattern(line.strip()), flat)]
+            if line.strip() and not re.search(pattern(line), printed)]
 
 
 # -- the folder the pages run in ---------------------------------------------------------------------
@@ -126,24 +126,40 @@ def environment() -> dict:
             "OMP_NUM_THREADS": "1"}
 
 
-def run_command(words: list, cwd: Path) -> str:
-    done = subprocess.run(shrunk(words), cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{shlex.join(words)} (run as {shlex.join(shrunk(words))}) failed:\n" \
-                                 f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def run_python(code: str, namespace: dict, cwd: Path) -> str:
-    printed = io.StringIO()
+@contextlib.contextmanager
+def working_directory(cwd: Path):
+    """``cwd`` as the working directory and first on ``sys.path``, as for a user working there."""
     here = os.getcwd()
     os.chdir(cwd)
     sys.path.insert(0, str(cwd))
     try:
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, "<doc block>", "exec"), namespace)
+        yield
     finally:
         sys.path.remove(str(cwd))
         os.chdir(here)
+
+
+def run_command(words: list, cwd: Path) -> str:
+    """Run a documented command (shrunk) in ``cwd``; its stdout. ``pyrovae`` runs in this process
+    (``python -m pyrovae``'s ``main``, which is what the script calls), the rest in a child."""
+    command = shrunk(words)
+    if command[1:3] == ["-m", "pyrovae"]:
+        from pyrovae.app.cli import main
+        out, err = io.StringIO(), io.StringIO()
+        with working_directory(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(command[3:])
+        printed, errors = out.getvalue(), err.getvalue()
+    else:
+        done = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=600)
+        status, printed, errors = done.returncode, done.stdout, done.stderr
+    assert status == 0, f"{shlex.join(words)} (run as {shlex.join(command)}) failed:\n{printed[-2000:]}\n{errors[-3000:]}"
+    return printed
+
+
+def run_python(code: str, namespace: dict, cwd: Path) -> str:
+    printed = io.StringIO()
+    with working_directory(cwd), contextlib.redirect_stdout(printed):
+        exec(compile(code, "<doc block>", "exec"), namespace)
     return printed.getvalue()
 
 
@@ -151,11 +167,8 @@ def load_toml(text: str, cwd: Path) -> None:
     from pyrovae.app import config
     path = cwd / "doc_config.toml"
     path.write_text(text)
-    sys.path.insert(0, str(cwd))
-    try:
+    with working_directory(cwd):
         config.load(path)
-    finally:
-        sys.path.remove(str(cwd))
 
 
 def file_blocks() -> dict:
@@ -213,7 +226,27 @@ def test_every_block_of_the_page_runs_as_written(page, tmp_path, monkeypatch):
     import pyrovae
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(DATA_DIR))
     monkeypatch.setattr(pyrovae, "train", one_epoch(pyrovae.train))
-    run_page(page, workspace(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with user_modules_forgotten(tmp_path):
+        run_page(page, workspace(tmp_path))
+
+
+@contextlib.contextmanager
+def user_modules_forgotten(folder: Path):
+    """Afterwards, the modules imported from ``folder`` and the names they registered are gone."""
+    import pyrovae
+    from pyrovae.components import ACTIVATIONS
+    registries = [pyrovae.PRIORS, pyrovae.LIKELIHOODS, pyrovae.GUIDES, pyrovae.NETS, pyrovae.ELBOS,
+                  pyrovae.DATASETS, ACTIVATIONS]
+    before = [set(r.names()) for r in registries]
+    try:
+        yield
+    finally:
+        for registry, names in zip(registries, before):
+            for name in set(registry.names()) - names:
+                registry.unregister(name)
+        for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "")).startswith(str(folder))]:
+            del sys.modules[name]
 
 
 def test_every_runnable_shell_command_has_a_way_to_shrink():
@@ -303,6 +336,12 @@ def write_cifar(data_dir: Path, n: int = 40) -> None:
                          b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}, f, protocol=2)
 
 
+def documented_metrics_columns() -> list:
+    """The columns docs/cli.md gives for ``metrics.csv``."""
+    text = " ".join((ROOT / "docs" / "cli.md").read_text().split())
+    return re.search(r"`metrics\.csv` — one row per epoch: `([^`]+)`", text).group(1).replace(" ", "").split(",")
+
+
 def config_marks(name: str) -> list:
     marks = [pytest.mark.slow]
     if name.startswith("mnist"):
@@ -325,6 +364,20 @@ def test_every_example_config_trains_one_short_epoch_and_evaluates(name, tmp_pat
     config = str(ROOT / "examples" / "configs" / name)
     run_command(["pyrovae", "train", "--config", config, "--out", str(run), "--set", "train.batch_size=50"],
                 tmp_path)
-    assert (run / "checkpoint.pt").is_file() and (run / "metrics.csv").is_file()
+    assert (run / "checkpoint.pt").is_file()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == documented_metrics_columns(), "docs/cli.md's metrics.csv columns differ from the file's"
     printed = run_command(["pyrovae", "evaluate", str(run)], tmp_path)
     assert "iwae_bound" in printed, printed
+
+
+def test_configs_md_lists_every_example_config():
+    """docs/configs.md's table of examples names each file of examples/configs/, and no other."""
+    text = (ROOT / "docs" / "configs.md").read_text()
+    listed = re.findall(r"^\| \[`([\w.-]+\.toml)`\]\(\.\./examples/configs/\1\)", text, re.M)
+    assert sorted(listed) == CONFIGS
+
+
+def test_the_readme_stays_the_front_door():
+    """CONTRIBUTING.md: the README is at most 150 lines; the rest of the guide lives in docs/."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150

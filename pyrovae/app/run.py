@@ -355,7 +355,7 @@ def load_run(run_dir, device: Optional[str] = "cpu", *, data: bool = True):
 
 #: importance samples in all (test points × k) from which ``evaluate`` compiles by default on a CPU:
 #: 2,000 test images at k = 5000, about a minute and a half eager on 2 cores — compiling (10–60 s the
-#: first time, cached by torch afterwards) then pays for itself (BENCHMARKS.md, issue 15 §1)
+#: first time, cached by torch afterwards) then pays for itself (BENCHMARKS.md, "Evaluation speed")
 AUTO_COMPILE_SAMPLES = 10_000_000
 #: C++ compilers TorchInductor can build CPU kernels with ($CXX first)
 CXX = ("g++", "c++", "clang++")

@@ -1,6 +1,7 @@
-"""Data sets for pyrovae, each held as one tensor on one device.
+"""Data sets for pyrovae, each held as one tensor on one device where it fits.
 
-Every loader returns a :class:`DataSplit` whose ``x`` has shape ``[N, *shape]``:
+Every loader returns a :class:`DataSplit` (a streamed one for data too large to hold) whose ``x``
+has shape ``[N, *shape]``:
 
 ========================  ===============  ======================================  ========
 name                      ``shape``        units of ``x``                          labels
@@ -11,6 +12,12 @@ name                      ``shape``        units of ``x``                       
 ``frey``                  ``[28, 20]``     float32 intensities in [0, 1]           None
 ``ppca``                  ``[obs_dim]``    float32, real-valued (default 5)        None
 ``toy``                   ``[1]``          float32, real-valued                    None
+``cifar10``               ``[3, 32, 32]``  float32 intensities in [0, 1]           0..9
+``svhn``                  ``[3, 32, 32]``  float32 intensities in [0, 1]           0..9
+``folder``                the images'      float32 intensities in [0, 1]           class
+                          ``[H, W]`` or                                            folders,
+                          ``[3, H, W]``                                            or None
+``arrays``                the array's      floats as stored, uint8 as k / 255      optional
 ========================  ===============  ======================================  ========
 
 Labels, where there are any, are int64 ``[N]``.

@@ -2,6 +2,9 @@
 
 ===============  ==================================================================================
 ``traces``       running a pair as Pyro's ELBOs do: traces, particles, plate nesting, closed-form KL
+``pairs``        a pair's sample sites checked to match, before any number is computed
+``arguments``    the pair's arguments over a data set (tensor, tuple or dict) and their minibatches
+``state``        what a check or an evaluation touches (modules, modes, buffers, randomness), put back
 ``estimators``   per-datapoint ELBO estimates (Monte Carlo, analytic KL, the notes' closed form) and
                  the importance-weighted bound, in nats
 ``elbos``        Pyro's ELBOs by name (:data:`ELBOS`) and :class:`MeanField_ELBO`
@@ -16,6 +19,8 @@
 ``precision``    bf16 networks under ``torch.autocast``, log-densities in float32
 ``distributed``  data-parallel training under ``torchrun`` (gloo/NCCL): shards, all-reduce, rank 0 writes
 ``train``        :func:`train`: SVI over a data set, minibatches scaled to its size, checkpoints
+``faststep``     a training step without Pyro's trace bookkeeping, checked equal to the Pyro ELBO
+``tracedstep``   that step recorded once as a graph of tensor operations and replayed
 ``checkpoint``   atomic checkpoint files read back without unpickling arbitrary objects
 ===============  ==================================================================================
 """

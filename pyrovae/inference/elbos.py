@@ -50,9 +50,14 @@ class MeanField_ELBO(ELBO):
         ELBO = Σ_obs s·log p(x|z) − Σ_{latent, KL registered} s·KL(q ‖ p)
                                   + Σ_{latent, no KL} s·(log p(z) − log q(z|x))
 
+    Warning, as for Pyro's class: this estimator may give incorrect results when the guide and
+    model do not satisfy the mean-field condition. The precise condition: for every latent z of
+    the guide, its parents in the model include no latent that is a descendant of z in the guide;
+    a fully factorised (mean-field) guide satisfies it. While Pyro's validation is on, a guide
+    whose latent sites are not in the model's order is warned about.
+
     Pyro's class evaluates log p and log q at every site before choosing, so for a VAE with a
-    closed-form KL it computes log p(z) and log q(z|x) and then discards them (2–4% of a
-    784-400-50 MNIST step on a CPU, BENCHMARKS.md). This one computes each latent site's KL
+    closed-form KL it computes log p(z) and log q(z|x) and then discards them. This one computes each latent site's KL
     once, and log-densities only where there is none (an observed Bernoulli's only as its sum, in
     one fused kernel: :func:`pyrovae.inference.traces.summed_log_density`) — the same value, gradients and draws under
     the same seed (tests/test_elbos.py), and the same behaviour on the cases of Pyro's own test
@@ -62,19 +67,14 @@ class MeanField_ELBO(ELBO):
     latent sites are not in the model's order; an observed Bernoulli's term is then still its fused
     sum, so that a step's numbers do not depend on whether validation is on.
 
-    Why not a subclass of ``TraceMeanField_ELBO``: it used to be one, overriding its private
-    ``_get_trace`` and ``_differentiable_loss_particle``, whose names, signatures and call order
-    Pyro may change in any release (``pyro-ppl>=1.9`` allows all of them) — an upgrade could then
-    have silently mixed Pyro's code with ours. It now builds on the ``ELBO`` base class (its
-    constructor options, ``__call__``, and the particle loop every Pyro ELBO inherits,
-    ``_get_traces``, which calls the one hook ``ELBO`` declares abstract, ``_get_trace``, implemented
-    here), ``loss``, ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
+    It builds on Pyro's public API only (docs/design.md says why): the
+    ``ELBO`` base class (its constructor options and ``__call__``), ``loss``,
+    ``differentiable_loss`` and ``loss_and_grads`` defined here, and public helpers
     (``get_importance_trace``, ``Trace.compute_log_prob``/``compute_score_parts``, the checks in
-    ``pyro.util`` and ``pyro.infer.util``); it overrides no private Pyro method. Particles are
-    drawn by the base class as by Pyro's ELBOs (a ``num_particles_vectorized`` plate, or a loop),
-    so seeds give the same draws. (``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is therefore
-    False.) Pinning Pyro to the release whose internals it mirrored was the alternative; not pinning
-    keeps pyrovae installable next to newer Pyro releases.
+    ``pyro.util`` and ``pyro.infer.util``). It calls no private Pyro method; ``_get_trace`` below
+    is the one hook ``ELBO`` declares abstract, implemented here and called only by this class.
+    Particles are drawn as Pyro's ELBOs draw them (a ``num_particles_vectorized`` plate, or a loop),
+    so seeds give the same draws. (``isinstance(MeanField_ELBO(), TraceMeanField_ELBO)`` is False.)
     """
 
     def _get_trace(self, model, guide, args, kwargs):

@@ -32,7 +32,7 @@ parameter's gradient agree (1e-6 relative; equal to the bit, or to float roundin
 under ``Trace_ELBO``, in every case of tests/test_faststep.py); else that step and every later
 one are the Pyro ELBO's, with a warning. Every later step compares its sites (names, observed
 or latent) with the checked ones and goes back to the Pyro ELBO for good when they change. What
-it saves is in BENCHMARKS.md (issue 15 §3); ``train(..., step=StepSettings(fast_step=False))`` (``train.fast_step``)
+it saves is in BENCHMARKS.md, "Training speed"; ``train(..., step=StepSettings(fast_step=False))`` (``train.fast_step``)
 turns it off.
 """
 from __future__ import annotations

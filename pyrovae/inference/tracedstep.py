@@ -2,8 +2,8 @@
 
 Once :class:`~pyrovae.inference.faststep.FastStep` is checked equal to the Pyro ELBO, each step
 still runs the pair's Python: ``pyro.module`` registering every parameter, plates, messages
-through the messenger stack, distribution objects built and expanded — 0.4–0.7 ms a step on a
-CPU, a tenth to a fifth of a batch-100 step of the tutorial's VAE. :class:`TracedStep` records
+through the messenger stack, distribution objects built and expanded — a fixed cost per step that
+weighs most where the arithmetic is small. :class:`TracedStep` records
 one step with ``torch.fx``'s ``make_fx``: the ATen operations the step runs (the networks'
 matrix products, the draws from torch's random generator, the site terms), on the parameters
 themselves (the graph references the tensors in Pyro's store; Adam updates them in place) with
@@ -35,7 +35,7 @@ A graph holds fixed whatever the pair's code decided while it was recorded. What
 (``train(..., step=StepSettings(traced_step=...))``, ``train.traced_step``): ``"auto"`` (the default) where every
 part of the pair is pyrovae's own (:func:`traces_pair`: a pyrovae model whose modules are all
 pyrovae's or torch's, or a class that declares itself ``traceable``), ``"on"`` any pair the checks
-above let through, ``"off"`` none. What it saves: BENCHMARKS.md.
+above let through, ``"off"`` none. What it saves: BENCHMARKS.md, "Training speed".
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ sampling and estimators are the same code, so the same draws under a seed. Compi
 round differently (sums in another order): values agree with eager ones to float32 rounding
 (tests/test_compiled.py). Each new shape compiles once (seconds to a minute, cached by torch
 across runs); on a CPU Inductor needs a C++ compiler — where compiling fails, the function
-warns once and runs eagerly. Speed: BENCHMARKS.md (issue 15 §1).
+warns once and runs eagerly. Speed: BENCHMARKS.md, "Evaluation speed".
 """
 from __future__ import annotations
 

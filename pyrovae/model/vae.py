@@ -90,7 +90,7 @@ class VAE(LatentVariableModel):
         bias per pixel; the conv decoder's last layer has one bias per output channel, so it gets
         that of the per-channel mean of x̄ (over H and W). Why: the decoder otherwise has to reach
         the mean image's logits (−5 to −7 at MNIST's border) through its weights, which with tanh
-        networks and the VampPrior collapses the posterior (BENCHMARKS.md, issue 15).
+        networks and the VampPrior collapses the posterior (docs/design.md).
         InputError for another decoder or a likelihood with no ``output_for_mean``; DataError for x
         of the wrong shape or outside the likelihood's support.
         """
