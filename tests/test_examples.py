@@ -65,7 +65,7 @@ def test_frey_face_example_writes_its_plots(tmp_path):
 @needs_mnist
 def test_semi_supervised_example_trains_m2_and_reports_its_accuracy():
     out = run_example("semi_supervised.py", "--epochs", "2", "--subset", "1000")
-    assert "100 labeled, 900 unlabeled MNIST images; α = 1" in out, out
+    assert "100 labeled, 900 unlabeled MNIST images; α = 0.9, w = 9" in out, out  # α = 0.1·N_u/N_l
     rows = re.findall(r"^epoch (\d+)\s+ELBO\s+" + NUMBER + r"\s+test accuracy (\d\.\d+)", out, re.M)
     assert [int(epoch) for epoch, _, _ in rows] == [1, 2], out
     assert all(-400 < float(elbo) < 0 for _, elbo, _ in rows), out
