@@ -183,8 +183,8 @@ def _check_eight_bit_data(config: dict) -> None:
 
 
 def _check_output_bias(m: dict) -> None:
-    """model.init_output_bias needs a family with ``init_output_bias`` (the VAE's)."""
-    if m["init_output_bias"] and not hasattr(FAMILIES.get(m["family"]), "init_output_bias"):
+    """model.init_output_bias needs a family that can start its output bias (``starts_output_bias``: the VAE)."""
+    if m["init_output_bias"] and not FAMILIES.get(m["family"]).starts_output_bias:
         raise ConfigError(f"model.init_output_bias = true is supported for model.family = 'vae' only, "
                           f"got {m['family']!r}")
 

@@ -73,6 +73,10 @@ class LatentVariableModel(nn.Module):
     #: another form, in ``model.family_options`` (the two-layer VAE's per-layer sizes).
     own_options: tuple = ()
 
+    #: True when the family can start its decoder's last bias at the training data's mean
+    #: (``init_output_bias(x)``; the config's ``model.init_output_bias``).
+    starts_output_bias = False
+
     #: True when model and guide compute the same thing at every step given their arguments' shapes
     #: (no state that changes between steps), so that ``pyrovae.train`` may record a step once and
     #: replay it (``traced_step="auto"``, :mod:`pyrovae.inference.tracedstep`). A subclass whose

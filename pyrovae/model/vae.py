@@ -76,6 +76,8 @@ class VAE(LatentVariableModel):
                                               activation=activation)
         return encoder or default_enc, decoder or default_dec
 
+    starts_output_bias = True
+
     @torch.no_grad()
     def init_output_bias(self, x: torch.Tensor) -> None:
         """Start p(x|z) at the data's mean: set the decoder's last bias b so that, were the last
