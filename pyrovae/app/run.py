@@ -415,8 +415,8 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
         fns["closed_form_elbo"] = lambda x, *_: est.closed_form_elbo(vae, x)
     batches = math.ceil(len(x) / batch_size)
     values, seconds = {}, {}
-    evaluation = modes(modules_of(vae.model, vae.guide), False)  # Dropout off, BatchNorm's statistics unchanged
-    with evaluation, compiled(vae) if use_compiled else nullcontext([]) as parts:
+    modules = modules_of(vae.model, vae.guide)  # scored in evaluation mode: Dropout off, BatchNorm's statistics unchanged
+    with modes(modules, False), compiled(vae) if use_compiled else nullcontext([]) as parts:
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -446,7 +446,7 @@ def evaluate_run(run_dir, *, iw_samples: int = 5000, test_size: int = 0, batch_s
         dims = math.prod(vae.input_shape)
         result["bits_per_dim"] = {name: bits_per_dim_summary(v, dims) for name, v in result["estimators"].items()}
     if y is not None:  # the family's own per-datapoint scores (M2: accuracy), in evaluation mode too
-        with modes(modules_of(vae.model, vae.guide), False), torch.no_grad():
+        with modes(modules, False), torch.no_grad():
             for name in vae.extra_scores(x[:1].to(on), y[:1]):
                 result[name] = mean_se(score_batches(lambda a, b, name=name: vae.extra_scores(a, b)[name], (x, y),
                                                      len(x), batch_size, device=on))

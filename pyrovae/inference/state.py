@@ -38,9 +38,9 @@ def _named_modules(fn) -> List[nn.Module]:
         found.append(owner)
     if isinstance(fn, nn.Module):
         found.append(fn)
-    code = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__code__", None)
+    func = inspect.unwrap(getattr(fn, "__func__", fn))
+    code = getattr(func, "__code__", None)
     if code is not None:
-        func = inspect.unwrap(getattr(fn, "__func__", fn))
         globs = getattr(func, "__globals__", {})
         found += [globs[n] for n in code.co_names if isinstance(globs.get(n), nn.Module)]
         cells = getattr(func, "__closure__", None) or ()
@@ -134,7 +134,6 @@ class Snapshot:
         for _, p in pyro.get_param_store().named_parameters():
             tensors[id(p)] = p
         self.tensors = [(t, t.detach().clone()) for t in tensors.values() if t is not None]
-        self.store_names = set(pyro.get_param_store().keys())
         self.rng = RngState()
 
     def restore(self) -> None:
