@@ -278,7 +278,10 @@ def main(argv=None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror or e}"
-        print(f"pyrovae: error: {' '.join(message.split())}", file=sys.stderr)
+        # one write, newline included: under torchrun every rank says it, and with PYTHONUNBUFFERED a
+        # print's message and its newline are two writes that another rank's line can fall between
+        sys.stderr.write(f"pyrovae: error: {' '.join(message.split())}\n")
+        sys.stderr.flush()
         return 2
     except Exception:
         if args.debug:
