@@ -142,6 +142,11 @@ def test_m2_config_trains_and_reports_accuracy(m2_run, capsys):
     acc = result["accuracy"]
     assert 0 <= acc["mean"] <= 1 and acc["se"] >= 0
     assert acc["mean"] > 0.2                       # the classifier learned from its 100 labels (chance: 0.1)
+    # the learning curve's test accuracy (all 200 test images), scored after the epoch with the same parameters
+    rows = list(csv.DictReader(open(m2_run / "metrics.csv")))
+    assert main(["evaluate", str(m2_run), "--iw-samples", "1", "--test-size", "200", "--json"]) == 0
+    assert float(rows[-1]["test_accuracy"]) == pytest.approx(json.loads(capsys.readouterr().out)["accuracy"]["mean"],
+                                                             abs=5e-6)
     # the text output shows it, with the error rate
     assert main(["evaluate", str(m2_run), "--iw-samples", "50", "--test-size", "100"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if "test accuracy" in ln]
@@ -176,7 +181,7 @@ def test_m2_resume_matches_an_uninterrupted_run(m2_run, tmp_path):
     a, b = checkpoint(resumed), checkpoint(straight)
     assert a["epoch"] == b["epoch"] == 2 and sorted(a["params"]) == sorted(b["params"])
     assert any(name.startswith("classifier") for name in a["params"])  # the classifier term's parameters too
-    same = ("epoch", "train_elbo", "test_elbo", "reconstruction", "kl")    # all but the seconds
+    same = ("epoch", "train_elbo", "test_elbo", "reconstruction", "kl", "test_accuracy")  # all but the seconds
     assert [rows[0][0][k] for k in same] == [rows[1][0][k] for k in same]   # epoch 1: the same run
     differ = sorted(n for n in a["params"] if not torch.equal(a["params"][n], b["params"][n]))
     assert not differ, f"parameters that differ after resuming: {differ}"

@@ -151,7 +151,7 @@ def steps(pair, Elbo, fast: bool, n: int = 3, x=X, particles: int = 1, wrap=None
 
 
 def fast_step_of(elbo) -> FastStep:
-    """The FastStep in the trainer's chain of ELBOs (a LoopFallback around it for vectorized particles)."""
+    """The FastStep in the trainer's chain of ELBOs (a VerifiedParticles around it for vectorized particles)."""
     while not isinstance(elbo, FastStep):
         elbo = elbo.elbo
     return elbo

@@ -14,7 +14,7 @@ import pyrovae
 from pyrovae import MeanField_ELBO
 from pyrovae.errors import TrainingError
 from pyrovae.inference.callbacks import Callback
-from pyrovae.inference.elbos import LoopFallback, scales_inside
+from pyrovae.inference.elbos import Wrapper, scales_inside
 from pyrovae.inference.faststep import FastStep
 from pyrovae.inference.pathwise import DReG_IWAE
 from pyrovae.inference.tracedstep import TracedStep, traces_pair
@@ -48,7 +48,7 @@ def test_scaling_a_minibatch_is_a_property_of_the_elbo():
     assert scales_inside(Trace_ELBO()) and scales_inside(MeanField_ELBO())
     assert not scales_inside(RenyiELBO()) and not scales_inside(DReG_IWAE())
     assert scales_inside(FastStep(Trace_ELBO())) and scales_inside(TracedStep(FastStep(MeanField_ELBO())))
-    assert not scales_inside(LoopFallback(RenyiELBO(num_particles=3, vectorize_particles=True)))
+    assert not scales_inside(Wrapper(RenyiELBO(num_particles=3, vectorize_particles=True)))
     assert DReG_IWAE.scales_inside is False
 
 

@@ -153,3 +153,47 @@ def test_training_keeps_vectorized_particles_that_agree():
                           device="cpu")
         trainer.step((x,))
     assert innermost(trainer.elbo).vectorize_particles
+
+
+class SqueezingPair(nn.Module):
+    """A Bernoulli decoder that ends in ``.squeeze()``, as much user code does: right for any batch of
+    B > 1 rows, vectorized or not, but a batch of one row vectorized (``[r, 1, D]``) loses its data
+    dimension and Pyro refuses the shape, where the same row run one particle at a time is fine."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder, self.decoder = nn.Linear(D, 2 * L), nn.Linear(L, D)
+
+    def model(self, x):
+        pyro.module("squeezing", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(L), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z).squeeze()).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("squeezing", self)
+        loc, scale = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, softplus(scale) + 0.1).to_event(1))
+
+
+def test_training_checks_every_minibatch_shape():
+    """Six rows in minibatches of five: the first minibatch's particles vectorize and agree, the last
+    one (one row) cannot vectorize. Training checks that shape when it comes and runs its particles one
+    at a time (one warning); the five-row minibatches stay vectorized."""
+    from pyrovae import train
+    from pyrovae.inference.train import Trainer
+
+    pyro.clear_param_store()
+    net = SqueezingPair()
+    x = torch.bernoulli(torch.full((6, D), 0.4), generator=torch.Generator().manual_seed(1))
+    trainer = Trainer(net.model, net.guide, x, batch_size=5, elbo="trace", num_particles=3, test_data=None,
+                      device="cpu")
+    assert innermost(trainer.elbo).vectorize_particles
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = train(net.model, net.guide, x, epochs=2, batch_size=5, num_particles=3, progress=False)
+    said = [str(w.message) for w in caught if "one at a time" in str(w.message)]
+    assert len(said) == 1 and "SqueezingPair.model" in said[0], said
+    assert all(math.isfinite(row["train_elbo"]) for row in history)

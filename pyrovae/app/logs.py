@@ -95,12 +95,14 @@ def _finite(row: dict) -> Dict[str, float]:
 
 # -- metrics.csv ----------------------------------------------------------------------------------------
 def write_metrics(path: Path, history) -> None:
-    """metrics.csv: one row per epoch, the columns of ``METRIC_COLUMNS`` (6 significant digits; a
+    """metrics.csv: one row per epoch, the columns of ``METRIC_COLUMNS`` and then any other number
+    the rows hold (a family's test scores, e.g. M2's ``test_accuracy``) (6 significant digits; a
     number a row lacks, e.g. ``samples_per_second`` of an epoch trained before it was recorded, is nan)."""
+    columns = METRIC_COLUMNS + sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
     with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(METRIC_COLUMNS)
-        writer.writerows([row[c] if c == "epoch" else f"{row.get(c, float('nan')):.6g}" for c in METRIC_COLUMNS]
+        writer.writerow(columns)
+        writer.writerows([row[c] if c == "epoch" else f"{row.get(c, float('nan')):.6g}" for c in columns]
                          for row in history)
 
 

@@ -38,6 +38,7 @@ from ..inference.optim import OptimizerSettings
 from ..inference.settings import StepSettings
 from ..inference.state import modes, modules_of, preserved_rng
 from ..inference.traces import pair_params
+from ..inference.callbacks import Callback
 from ..inference.train import Term, train
 from ..lab.report import bits_per_dim_summary, mean_se
 from ..lab.compare import closed_form_problem, score_batches
@@ -251,6 +252,8 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
         vae.init_output_bias(data_mean(train_split))
     data, test_data, extra = training_data(cfg, vae, train_split, test_split)
     loggers = logs.build_loggers(t["log"], out, config=cfg, images=_image_hook(vae, test_split)) if main else []
+    if main and test_split.labels is not None and vae.extra_scores(test_split.x[:1], test_split.labels[:1]):
+        loggers.insert(0, TestScores(vae, test_split, t["batch_size"]))
     start = time.perf_counter()
     history = train(vae.model, vae.guide, data, epochs=t["epochs"], batch_size=t["batch_size"],
                     elbo=t["elbo"], num_particles=t["num_particles"], kl_warmup=t["kl_warmup"],
@@ -277,6 +280,23 @@ def train_run(cfg: dict, out, *, resume: bool = False, progress: bool = True, wr
         logs.log_outputs(loggers, [out / name for name in RUN_FILES[1:] if (out / name).is_file()])
     distributed.barrier()
     return summary
+
+
+class TestScores(Callback):
+    """The family's own scores on the labeled test set (M2: ``test_accuracy``, the fraction of test
+    images whose most probable class under q(y|x) is the label) added to each epoch's history row,
+    scored in evaluation mode with the modes found restored afterwards."""
+
+    def __init__(self, vae, test_split, batch_size: int):
+        self.vae, self.data, self.batch_size = vae, (test_split.x, test_split.labels), batch_size
+
+    def on_epoch_end(self, state) -> None:
+        x, y = self.data
+        with modes(modules_of(self.vae.model, self.vae.guide), False), preserved_rng():
+            for name in self.vae.extra_scores(x[:1], y[:1]):
+                values = score_batches(lambda a, b, name=name: self.vae.extra_scores(a, b)[name], self.data,
+                                       len(x), self.batch_size)
+                state.history[-1][f"test_{name}"] = values.mean().item()
 
 
 def data_fingerprints(train_split, test_split) -> dict:

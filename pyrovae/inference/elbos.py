@@ -35,10 +35,9 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from .. import checks
-from ..errors import ConfigError, PyrovaeError
+from ..errors import ConfigError
 from ..registry import Registry
 from .pathwise import DReG_IWAE, STL_ELBO
-from .state import Snapshot, pair_modules
 from .traces import elbo_terms, kl_or_none, sample_sites, summed_log_density, traces
 
 
@@ -269,39 +268,6 @@ def innermost(elbo: ELBO) -> ELBO:
     while isinstance(elbo, Wrapper):
         elbo = elbo.elbo
     return elbo
-
-
-class LoopFallback(Wrapper):
-    """``elbo`` with its particles vectorized, or, when its first ``loss_and_grads`` raises a
-    shape error (a pair whose code cannot take the extra particle dimension: shape-dependent
-    indexing), with them one at a time (``vectorize_particles = False``), with a warning. The
-    failed attempt leaves parameters, gradients, buffers, modes and the random state as found
-    (:class:`~pyrovae.inference.state.Snapshot`)."""
-
-    def __init__(self, elbo: ELBO):
-        super().__init__(elbo)
-        self.tried = False
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        if self.tried or not self.vectorize_particles:
-            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        snap = Snapshot(pair_modules(model, guide))
-        grads = [(p, p.grad) for _, p in pyro.get_param_store().named_parameters()]
-        try:
-            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        except (RuntimeError, ValueError, IndexError) as e:
-            if isinstance(e, PyrovaeError):
-                raise
-            warnings.warn(f"the pair cannot run its particles vectorized ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); training runs them one at a time",
-                          stacklevel=3)
-            snap.restore()
-            for p, grad in grads:
-                p.grad = grad
-            self.vectorize_particles = False
-            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        finally:
-            self.tried = True
 
 
 #: name → Pyro ELBO class (with its fixed options); an ``ELBO`` instance passes through ``build``

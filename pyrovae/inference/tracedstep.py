@@ -53,7 +53,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from pyro.infer.util import is_validation_enabled
 
 from ..schema import SWITCH, switch
-from .elbos import LoopFallback, Wrapper
+from .elbos import Wrapper
 from .faststep import FastStep, add_grads, all_finite, differs, gradients, signature, trainable_params
 from .state import Snapshot, pair_modules, preserved
 
@@ -296,11 +296,10 @@ def speed_path(elbo, *, fast: bool = True, traced: bool = False, modules: Option
                warn: bool = True, recheck_every: Optional[int] = None):
     """``elbo`` as the trainer runs it, itself an ELBO: the fast step standing in for it where
     ``fast`` and :meth:`FastStep.for_elbo` allow, recorded and replayed where ``traced`` too
-    (rechecked every ``recheck_every`` steps), and, for vectorized particles, their fallback to a
-    loop (:class:`~pyrovae.inference.elbos.LoopFallback`). Each is checked against ``elbo`` on
-    the same draws before it is trusted and falls back to it where they differ."""
+    (rechecked every ``recheck_every`` steps). Each is checked against ``elbo`` on the same draws
+    before it is trusted and falls back to it where they differ. (Vectorized particles are
+    verified per minibatch shape around it: :class:`~pyrovae.inference.vectorize.VerifiedParticles`.)"""
     step = FastStep.for_elbo(elbo, modules) if fast else None
     if step is not None and traced:
         step = TracedStep(step, modules, warn=warn, recheck_every=recheck_every)
-    path = step if step is not None else elbo
-    return LoopFallback(path) if getattr(elbo, "vectorize_particles", False) else path
+    return step if step is not None else elbo

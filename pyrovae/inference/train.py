@@ -61,7 +61,7 @@ from .settings import RunSettings, StepSettings
 from .state import modes, modules_of
 from .tracedstep import speed_path, traced_mode, traces_pair
 from .traces import PARTICLES, nesting_of, params_of
-from .vectorize import particles_agree
+from .vectorize import VerifiedParticles, particles_agree
 
 
 class ScaleData(Messenger):
@@ -284,6 +284,9 @@ class Trainer:
         self.elbo = speed_path(main, fast=fast_step and not validate, traced=traces_pair(mode, _owner(model)),
                                modules=modules, warn=mode == "on",
                                recheck_every=math.ceil(len(self.data) / self.batch_size))
+        if getattr(main, "vectorize_particles", False) and main.num_particles > 1:  # every other shape checked too
+            self.elbo = VerifiedParticles(self.elbo, main, (model, guide), self.nesting,
+                                          isinstance(main, TraceEnum_ELBO))
         self.extra = [_TermState(t, f"extra[{i}]", dtype, self.device, self.batch_size) for i, t in enumerate(extra)]
         for term in self.extra:
             _check_data_once(term.pair[0], term.data)
@@ -304,7 +307,9 @@ class Trainer:
         r > 1 particles keeps doing so only where the pair's vectorized particles equal the same draws
         run one at a time (:func:`pyrovae.inference.vectorize.particles_agree`, in training mode, everything
         left as found); else it runs them one at a time (Pyro's ``vectorize_particles=False``), with a
-        warning naming the pair."""
+        warning naming the pair. Decided before the speed path is built (the fast step needs
+        vectorized particles); every other minibatch shape is checked as it comes
+        (:class:`~pyrovae.inference.vectorize.VerifiedParticles`)."""
         if not getattr(elbo, "vectorize_particles", False) or elbo.num_particles == 1:
             return
         args, kwargs = self.data.rows(0, self.batch_size)
@@ -623,9 +628,10 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
         trainer.load_state(ckpt.load_training(checkpoint))
     saver = None if checkpoint is None else Checkpoint(checkpoint, config, metadata)
     main = distributed.is_main()  # rank 0 (or the only process) shows progress and calls the caller's callbacks
-    every_rank = [LRSchedule(optim), KLWarmup(run.kl_warmup), DivergenceStop(saver)] + ([saver] if saver else [])
+    every_rank = [LRSchedule(optim), KLWarmup(run.kl_warmup), DivergenceStop(saver)]
     on_main = ([ProgressBar()] if progress else []) + user.callbacks if main else []
-    return trainer.fit(epochs, Callbacks(every_rank + on_main))
+    # the checkpoint last: it saves the epoch's history row with what the callbacks added to it
+    return trainer.fit(epochs, Callbacks(every_rank + on_main + ([saver] if saver else [])))
 
 
 def _seconds_since(start: float, device: torch.device) -> float:

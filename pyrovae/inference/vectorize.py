@@ -25,6 +25,7 @@ its statistics over the batch are part of what must agree).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from typing import Callable, Dict, Optional, Tuple
@@ -36,6 +37,7 @@ from torch import nn
 from torch.distributions import Independent, TransformedDistribution
 
 from ..errors import PyrovaeError
+from .elbos import Wrapper
 from .state import modes, modules_of, preserved
 from .traces import enum_traces, log_density, particle_traces, sample_sites, traces
 
@@ -188,3 +190,33 @@ def particles_agree(model, guide, args: tuple, kwargs: dict, nesting: int, enume
         if problem is not None:
             warnings.warn(f"the pair {_name(model)}/{_name(guide)} {problem}; {what} one at a time", stacklevel=3)
     return cache[key]
+
+
+class VerifiedParticles(Wrapper):
+    """``elbo`` (r > 1 particles vectorized) on every minibatch whose vectorized particles agree with
+    the same draws run one at a time (:func:`particles_agree`: checked once per pair, argument
+    shapes and module modes), and ``plain`` with its particles one at a time (Pyro's
+    ``vectorize_particles=False``) on a minibatch whose do not: the trainer's rule for every
+    minibatch shape, the last, smaller one included, and for a pair whose vectorized run raises.
+    ``pair``: the (model, guide) the check runs; ``nesting``: its plate dimensions;
+    ``enumerate_``: whether its marked sites are enumerated."""
+
+    def __init__(self, elbo, plain, pair: tuple, nesting: int, enumerate_: bool = False):
+        super().__init__(elbo)
+        self.pair, self.nesting, self.enumerate_ = pair, nesting, enumerate_
+        self.sequential = copy.copy(plain)
+        self.sequential.vectorize_particles = False
+
+    def choose(self, args: tuple, kwargs: dict):
+        """The ELBO this minibatch's arguments are run by."""
+        agree = particles_agree(*self.pair, args, kwargs, self.nesting, self.enumerate_, what="training runs them")
+        return self.elbo if agree else self.sequential
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        return self.choose(args, kwargs).loss(model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self.choose(args, kwargs).differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return self.choose(args, kwargs).loss_and_grads(model, guide, *args, **kwargs)
