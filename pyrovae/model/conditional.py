@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 import pyro
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import checks
 from ..components.guides import GUIDES
@@ -116,9 +117,20 @@ class ConditionalVAE(LatentVariableModel):
 
     # -- the pieces -------------------------------------------------------------------------------
     def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """e_φ(x, y) = MLP(concat(flatten(x), onehot(y))): ``[..., H]``, the leading dimensions broadcast."""
+        """e_φ(x, y) = MLP(concat(flatten(x), onehot(y))): ``[..., H]``, the leading dimensions broadcast.
+
+        The first layer is applied block by block, W [x; e_y] + b = W_x x + W_y e_y + b (one weight,
+        sliced; W_y e_y is column y of W_y): x's rows go through the D×H block once, however many
+        labels y broadcasts them against — M2's guide enumerates K labels for each x, and the
+        concatenated input would send every x through it K times. Equal to the MLP on the
+        concatenation up to the order of float sums (tests/test_families.py)."""
         flat = x.flatten(-len(self.input_shape))
-        return self.encoder(concat(flat, self.one_hot(y, flat)))
+        net = getattr(self.encoder, "net", None)
+        if not isinstance(net, nn.Sequential) or not len(net) or not isinstance(net[0], nn.Linear):
+            return self.encoder(concat(flat, self.one_hot(y, flat)))  # an encoder of another kind: as defined
+        weight, D = net[0].weight, flat.shape[-1]
+        labels = y.to(flat.dtype) @ weight[:, D:].T if y.is_floating_point() else weight[:, D:].T[y]
+        return net[1:](F.linear(flat, weight[:, :D], net[0].bias) + labels)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor):
         """q_φ(z|x,y): batch_shape the broadcast of x's and y's leading dimensions, event [L]."""
