@@ -240,6 +240,67 @@ def test_enumerated_sites_leave_it_off():
     assert got == "off"
 
 
+def labelled_pair(two_labels=False, model_enumerates=False):
+    """An M2-shaped pair: a label y ~ q(y|x) enumerated in parallel in the guide, z ~ q(z|x, y), and
+    p(y) p(z) p(x|z, y). ``two_labels``: the guide enumerates a second discrete site c too;
+    ``model_enumerates``: the model enumerates a site of its own (the fast step sums one enumerated
+    guide site, nothing else)."""
+    K = 3
+    enc, cls, dec = Net(D + K, 4), Net(D, K), Net(2 + K, D)
+
+    def one_hot(y):
+        return torch.nn.functional.one_hot(y, K)
+
+    def joined(a, b):  # [..., m] and [..., n], the leading dimensions broadcast: [..., m + n]
+        lead = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+        return torch.cat([a.expand(lead + a.shape[-1:]), b.to(a.dtype).expand(lead + b.shape[-1:])], -1)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=torch.zeros(K)))
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            if model_enumerates or two_labels:
+                pyro.sample("c", dist.Bernoulli(0.3), infer={"enumerate": "parallel"} if model_enumerates else {})
+            pyro.sample("x", dist.Bernoulli(logits=dec(joined(z, one_hot(y)))).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        pyro.module("cls", cls)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=cls(x)), infer={"enumerate": "parallel"})
+            h = enc(joined(x, one_hot(y)))
+            if two_labels:
+                pyro.sample("c", dist.Bernoulli(torch.sigmoid(h[..., 0])), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(h[..., :2], torch.nn.functional.softplus(h[..., 2:]) + 1e-3).to_event(1))
+    return model, guide
+
+
+def test_an_enumerated_label_is_summed_as_trace_enum_elbo_sums_it():
+    """TraceEnum_ELBO with one guide site enumerated in parallel: the fast step is on, and every step's
+    loss and gradients are TraceEnum_ELBO's on the same draws — to 1e-12 in float64 (the same sum),
+    to faststep.ENUM_TOLERANCE in float32 (its terms added in another order)."""
+    for dtype, rel in ((torch.float64, 1e-12), (torch.float32, faststep.ENUM_TOLERANCE)):
+        x = X.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            torch.set_default_dtype(dtype)
+            try:
+                fast, state = steps(labelled_pair, pyro.infer.TraceEnum_ELBO, fast=True, x=x)
+                pyros, _ = steps(labelled_pair, pyro.infer.TraceEnum_ELBO, fast=False, x=x)
+            finally:
+                torch.set_default_dtype(torch.float32)
+        assert state == "on"
+        assert_same(fast, pyros, rel=rel)
+
+
+@pytest.mark.parametrize("options", [{"two_labels": True}, {"model_enumerates": True}],
+                         ids=["two enumerated guide sites", "model enumerates"])
+def test_enumerations_it_cannot_sum_leave_it_off(options):
+    fast, state = steps(lambda: labelled_pair(**options), pyro.infer.TraceEnum_ELBO, fast=True)
+    assert state == "off"
+    assert_same(fast, steps(lambda: labelled_pair(**options), pyro.infer.TraceEnum_ELBO, fast=False)[0])
+
+
 def test_a_structure_that_changes_turns_it_off():
     """A model that adds a site at its third call: the fast step stops there and Pyro's ELBO goes on."""
     model, guide = vae_pair(obs=gaussian_obs)
@@ -299,6 +360,8 @@ def test_only_trace_or_mean_field_with_vectorized_particles():
     assert FastStep.for_elbo(Trace_ELBO(num_particles=2, vectorize_particles=True)) is not None
     assert FastStep.for_elbo(TraceMeanField_ELBO()) is None  # Pyro's class: the trainer builds MeanField_ELBO
     assert FastStep.for_elbo(pyro.infer.RenyiELBO()) is None
+    assert FastStep.for_elbo(pyro.infer.TraceEnum_ELBO()).enumerated  # one particle: the sum over labels
+    assert FastStep.for_elbo(pyro.infer.TraceEnum_ELBO(num_particles=2, vectorize_particles=True)) is None
     assert FastStep.for_elbo(MeanField_ELBO()).mean_field
     assert faststep.TOLERANCE == 1e-6
 

@@ -17,7 +17,14 @@ same terms as the Pyro class it stands in for::
                          + Σ_{auxiliary} s·log q                                (MeanField_ELBO)
 
 — Pyro's surrogate loss for such a pair (its score-function terms are identically zero), from the
-same draws under the same seed. Each term is computed with the same operations, so the same number
+same draws under the same seed. For ``TraceEnum_ELBO`` with one particle and one guide site y
+enumerated in parallel (M2's label; nothing else enumerated, every site that depends on y in y's
+plates), each term is weighted by the probability of the label it was computed with::
+
+    enum         −ELBO = −Σ_y q(y) [Σ_model s·log p − Σ_guide s·log q]          (TraceEnum_ELBO)
+
+(:func:`enumeration_weights`), TraceEnum_ELBO's sum over the labels, in float64 to 1e-14; its
+float32 numbers differ by the order of the sum, so that check allows :data:`ENUM_TOLERANCE`. Each term is computed with the same operations, so the same number
 to the last bit, except a Bernoulli likelihood's: s · Σ log p(x|z) as one fused BCE-with-logits sum
 (:func:`observed_log_density`; what ``MeanField_ELBO`` computes too), equal to ``Trace_ELBO``'s
 element-wise log-density and its sum up to the order of the float sum (≈ 1e-7 relative).
@@ -45,8 +52,9 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -57,6 +65,9 @@ from .traces import PARTICLES, elbo_terms, summed_log_density
 
 #: relative tolerance of the check against the Pyro ELBO (loss and each gradient)
 TOLERANCE = 1e-6
+#: the same against ``TraceEnum_ELBO``, which adds the enumerated terms up in another order: in float32
+#: a gradient differs by up to ~1.5e-5 of its largest element on M2 (in float64 by 2e-14)
+ENUM_TOLERANCE = 1e-4
 
 
 class Recorder(Messenger):
@@ -101,20 +112,43 @@ def signature(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> Tup
     return (tuple((n, s["is_observed"]) for n, s in model_sites.items()), tuple(guide_sites))
 
 
-def unsupported(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> Optional[str]:
-    """Why the fast step cannot stand in for the Pyro ELBO on this pair, or None."""
+def unsupported(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], enumerated: bool = False) -> Optional[str]:
+    """Why the fast step cannot stand in for the Pyro ELBO on this pair, or None. ``enumerated``
+    (``TraceEnum_ELBO``): one guide site may be enumerated in parallel (:func:`enumerated_site`)."""
     latent = {n for n, s in model_sites.items() if not s["is_observed"]}
     if not latent <= set(guide_sites):
         return f"the guide does not sample the model's latent site(s) {sorted(latent - set(guide_sites))}"
     if any(not guide_sites[n]["infer"].get("is_auxiliary") for n in set(guide_sites) - latent):
         return "the guide samples sites the model does not have, not marked is_auxiliary"
+    summed, why = enumerated_site(guide_sites) if enumerated else (None, None)
+    if why:
+        return why
+    if summed is not None:
+        dim, plates = guide_sites[summed]["infer"]["_enumerate_dim"], plate_names(guide_sites[summed])
+        for name, site in {**model_sites, **guide_sites}.items():
+            shape = site["fn"].batch_shape
+            if len(shape) >= -dim and shape[dim] > 1 and not plates <= plate_names(site):
+                return f"site {name!r} depends on the enumerated {summed!r} outside its plates"
     for name, site in guide_sites.items():
-        if site["is_observed"] or not site["fn"].has_rsample:
+        if name != summed and (site["is_observed"] or not site["fn"].has_rsample):
             return f"guide site {name!r} is observed or not reparameterizable (a score-function term)"
     for name, site in {**model_sites, **guide_sites}.items():
-        if site["infer"].get("enumerate"):
+        if name != summed and site["infer"].get("enumerate"):
             return f"site {name!r} is enumerated"
     return None
+
+
+def enumerated_site(guide_sites: Dict[str, dict]) -> Tuple[Optional[str], Optional[str]]:
+    """(the name of the guide's one site enumerated in parallel or None, None), or (None, why the
+    fast step cannot sum it): several enumerated sites, a sequential one, or one outside a plate."""
+    names = [n for n, s in guide_sites.items() if s["infer"].get("enumerate")]
+    if not names:
+        return None, None
+    if len(names) > 1 or guide_sites[names[0]]["infer"].get("enumerate") != "parallel":
+        return None, f"the guide enumerates {names} (the fast step sums one site enumerated in parallel)"
+    if "_enumerate_dim" not in guide_sites[names[0]]["infer"] or not guide_sites[names[0]]["cond_indep_stack"]:
+        return None, f"site {names[0]!r} is enumerated outside a plate"
+    return names[0], None
 
 
 class FastStep(Wrapper):
@@ -134,22 +168,27 @@ class FastStep(Wrapper):
     def __init__(self, elbo, modules: Optional[Sequence[nn.Module]] = None):
         super().__init__(elbo)
         self.mean_field, self.modules = isinstance(elbo, MeanField_ELBO), modules
+        self.enumerated = type(elbo) is TraceEnum_ELBO
         self.state, self.sites, self.why_off = "unchecked", None, ""
 
     @classmethod
     def for_elbo(cls, elbo, modules: Optional[Sequence[nn.Module]] = None) -> Optional["FastStep"]:
         """A FastStep for a ``Trace_ELBO`` or :class:`MeanField_ELBO` whose particles, if several, are
-        vectorized; else None."""
+        vectorized, or a ``TraceEnum_ELBO`` with one particle; else None."""
+        if type(elbo) is TraceEnum_ELBO and elbo.num_particles == 1:
+            return cls(elbo, modules)
         if type(elbo) not in (Trace_ELBO, MeanField_ELBO) or not vectorized(elbo):
             return None
         return cls(elbo, modules)
 
     def run(self, model, guide, args, kwargs):
         """(model sites, guide sites) of one run of the pair: the guide, then the model on its draws;
-        r > 1 particles in Pyro's ``num_particles_vectorized`` plate, as the Pyro ELBO draws them."""
-        if self.num_particles > 1 and self.max_plate_nesting == float("inf"):
+        r > 1 particles in Pyro's ``num_particles_vectorized`` plate, as the Pyro ELBO draws them; for
+        ``TraceEnum_ELBO`` the guide's sites marked for parallel enumeration take their whole support,
+        in dimensions left of the plates, as Pyro's ``EnumMessenger`` allocates them."""
+        if (self.num_particles > 1 or self.enumerated) and self.max_plate_nesting == float("inf"):
             self.elbo._guess_max_plate_nesting(model, guide, args, kwargs)
-        with Recorder() as g, self._particles():
+        with Recorder() as g, self._particles(), self._enumerate():
             guide(*args, **kwargs)
         with Recorder(g) as m, self._particles():
             model(*args, **kwargs)
@@ -158,6 +197,9 @@ class FastStep(Wrapper):
     def _particles(self):
         r = self.num_particles
         return pyro.plate(PARTICLES, r, dim=-self.max_plate_nesting) if r > 1 else nullcontext()
+
+    def _enumerate(self):
+        return EnumMessenger(first_available_dim=-1 - self.max_plate_nesting) if self.enumerated else nullcontext()
 
     def losses(self, model_sites, guide_sites) -> Tuple[float, torch.Tensor]:
         """(−ELBO as a number, the surrogate −ELBO to differentiate), as the Pyro ELBO computes them
@@ -174,7 +216,11 @@ class FastStep(Wrapper):
             for term in elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum, closed_form_kl_sum):
                 elbo = elbo + term
             return -elbo, elbo
-        lps = list(elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum))
+        if self.enumerated:
+            weigh = enumeration_weights(guide_sites)
+            lps = list(elbo_terms(model_sites, guide_sites, weigh, weigh))
+        else:
+            lps = list(elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum))
         return (-sum(lps),) + tuple(lps)
 
     def finish(self, terms: Sequence[torch.Tensor]) -> Tuple[float, torch.Tensor]:
@@ -255,11 +301,11 @@ class FastStep(Wrapper):
                           f"{type(self.elbo).__name__} itself", stacklevel=4)
             self.turn_off(f"it raised {type(e).__name__}")
             return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        why = unsupported(model_sites, guide_sites)
+        why = unsupported(model_sites, guide_sites, self.enumerated)
         if why is None:
             loss, surrogate = self.losses(model_sites, guide_sites)
             grads = gradients(surrogate, params)
-            why = differs(loss, reference.item(), grads, ref_grads)
+            why = differs(loss, reference.item(), grads, ref_grads, ENUM_TOLERANCE if self.enumerated else TOLERANCE)
             if not why:
                 self.state, self.sites = "on", signature(model_sites, guide_sites)
                 add_grads(params, grads)
@@ -279,6 +325,35 @@ class FastStep(Wrapper):
 def vectorized(elbo) -> bool:
     """Whether ``elbo`` draws its particles in one vectorized pass (one particle counts as one)."""
     return elbo.num_particles == 1 or bool(elbo.vectorize_particles)
+
+
+def enumeration_weights(guide_sites: Dict[str, dict]):
+    """``TraceEnum_ELBO``'s sum over the guide's one enumerated site y, for a pair that enumerates
+    nothing else: a function of a site giving s·Σ q(y|·) log p — the site's scaled log-density
+    weighted by the probability q(y) of the label its value was computed with, summed over the
+    enumerated dimension and the plates — where its log-density has y's dimension, and s·Σ log p
+    where it does not. So the ELBO of the run is Σ_y q(y) [log p(x, y, z_y) − log q(z_y | y)] + H(q(y)),
+    the TraceEnum_ELBO of one particle (:func:`unsupported` has checked that each site depending on
+    y lies in y's plates)."""
+    name, _ = enumerated_site(guide_sites)
+    if name is None:
+        return log_prob_sum
+    y = guide_sites[name]
+    probs = y["fn"].log_prob(y["value"], *y["args"], **y["kwargs"]).exp()  # [K, 1.., B..]: q(y) of each label
+    dim = y["infer"]["_enumerate_dim"]
+
+    def weighted(site) -> torch.Tensor:
+        log_p = scale_and_mask(site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"]),
+                               site["scale"], site["mask"])
+        if log_p.dim() < -dim or log_p.shape[dim] == 1:
+            return log_p.sum()
+        return (probs * log_p).sum()
+    return weighted
+
+
+def plate_names(site) -> set:
+    """The names of the plates a site lies in."""
+    return {f.name for f in site["cond_indep_stack"]}
 
 
 def _fast_log_p(site) -> torch.Tensor:
@@ -303,14 +378,14 @@ def all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
 
-def differs(loss: float, reference: float, grads, grads_ref) -> str:
-    """Why a loss and its gradients are not the reference's (to TOLERANCE), or ""."""
-    if abs(loss - reference) > TOLERANCE * max(abs(reference), 1.0):
+def differs(loss: float, reference: float, grads, grads_ref, tolerance: float = TOLERANCE) -> str:
+    """Why a loss and its gradients are not the reference's (to ``tolerance``, relative), or ""."""
+    if abs(loss - reference) > tolerance * max(abs(reference), 1.0):
         return f"loss {loss!r} against {reference!r}"
     for i, (g, ref) in enumerate(zip(grads, grads_ref)):
         if (g is None) != (ref is None):
             return f"parameter {i} has a gradient in one and not the other"
-        if g is not None and not torch.allclose(g, ref, rtol=TOLERANCE, atol=TOLERANCE * float(ref.abs().max())):
+        if g is not None and not torch.allclose(g, ref, rtol=tolerance, atol=tolerance * float(ref.abs().max())):
             return f"parameter {i}'s gradient differs by up to {float((g - ref).abs().max()):.3g}"
     return ""
 

@@ -40,7 +40,7 @@ class StepSettings(Settings):
                             "guide gradients", choices=GRADIENTS)
     precision: str = setting("float32", "float32 | bf16 (the networks under torch.autocast; log-densities and the "
                              "ELBO in float32)", choices=PRECISIONS)
-    fast_step: bool = setting(True, "trace / mean-field: steps without Pyro's trace graphs, checked equal first")
+    fast_step: bool = setting(True, "trace / mean-field / enum: steps without Pyro's trace graphs, checked equal first")
     traced_step: str = setting("auto", "that step recorded once as a graph and replayed (auto: pyrovae's models)",
                                switch=True)
     validate: bool = setting(False, "Pyro's validation at every step (else at the first, and on a non-finite loss)",
