@@ -6,9 +6,11 @@ draws the ELBO's gradient with respect to the encoder's parameters φ (``vae.enc
 ``vae.family``) many times, one particle z ~ q_φ(z|x) per draw, with
 
 ==================  ===========================================================================
-``reparam``         ``Trace_ELBO``: z = μ + σ ⊙ ε is differentiated through (pathwise gradient)
+``reparam``         ``Trace_ELBO``: z = μ + σ ⊙ ε is differentiated through (pathwise gradient);
+                    ``TraceEnum_ELBO`` where the guide enumerates a discrete site (M2's label),
+                    summed exactly
 ``score``           ``TraceGraph_ELBO`` with z not reparameterized (its distribution's
-                    ``has_rsample`` off) and no baseline:
+                    ``has_rsample`` off; an enumerated site drawn) and no baseline:
                     ∇φ log q_φ(z|x) · [log p(x, z) − log q_φ(z|x)]
 ``score-baseline``  the same minus a decaying average of the cost (``baseline_beta``), warmed up
                     for ``warmup`` draws before measuring
@@ -34,11 +36,13 @@ from typing import Dict, List, Sequence
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import InputError, InputTypeError
+from ..inference.state import preserved_rng
 from .. import checks
 from .report import text_table
 
@@ -94,17 +98,31 @@ def _parameters(vae, params) -> List[torch.Tensor]:
     return out
 
 
-def _setup(vae, name, baseline_beta):
-    """(elbo, guide) for one estimator."""
+def _setup(vae, name, baseline_beta, enumerated: bool = False):
+    """(elbo, guide) for one estimator. ``enumerated``: the guide marks a discrete site for
+    enumeration (M2's label without its value): ``reparam`` sums it exactly (``TraceEnum_ELBO``),
+    so its draws vary by z alone; the score-function estimators sample it like every other site."""
     if name == "reparam":
-        return Trace_ELBO(), vae.guide
+        return (TraceEnum_ELBO() if enumerated else Trace_ELBO()), vae.guide
     beta = baseline_beta if name == "score-baseline" else None
 
     def guide(*args):
-        with NonReparam(beta):
+        with NonReparam(beta), poutine.infer_config(config_fn=_sampled):
             return vae.guide(*args)
 
     return TraceGraph_ELBO(), guide
+
+
+def _sampled(site) -> dict:
+    """A site's ``infer`` without an enumeration mark: drawn, its gradient the score function's."""
+    return {"enumerate": None} if site["infer"].get("enumerate") else {}
+
+
+def _enumerates(guide, args: tuple) -> bool:
+    """Whether the guide marks a sample site for enumeration on these arguments."""
+    with torch.no_grad(), pyro.get_param_store().scope(), preserved_rng():
+        trace = poutine.trace(guide).get_trace(*args)
+    return any(site["type"] == "sample" and site["infer"].get("enumerate") for site in trace.nodes.values())
 
 
 def _draw(elbo, model, guide, args: tuple, params: List[torch.Tensor]) -> torch.Tensor:
@@ -167,10 +185,11 @@ def gradient_variance(vae, x, *labels, num_draws: int = 100, estimators: Sequenc
     draws: Dict[str, torch.Tensor] = {}
     try:
         with pyro.get_param_store().scope():
+            enumerated = _enumerates(vae.guide, (x, *labels))
             for name in estimators:
                 if seed is not None:
                     pyro.set_rng_seed(seed)
-                elbo, guide = _setup(vae, name, baseline_beta)
+                elbo, guide = _setup(vae, name, baseline_beta, enumerated)
                 for _ in range(warmup if name == "score-baseline" else 0):
                     _draw(elbo, vae.model, guide, (x, *labels), chosen)
                 draws[name] = torch.stack([_draw(elbo, vae.model, guide, (x, *labels), chosen).detach()
