@@ -366,7 +366,8 @@ def test_every_example_config_trains_one_short_epoch_and_evaluates(name, tmp_pat
                 tmp_path)
     assert (run / "checkpoint.pt").is_file()
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header == documented_metrics_columns(), "docs/cli.md's metrics.csv columns differ from the file's"
+    family_scores = ["test_accuracy"] if name == "mnist-m2.toml" else []  # docs/cli.md: "M2: `test_accuracy`"
+    assert header == documented_metrics_columns() + family_scores, "docs/cli.md's metrics.csv columns differ"
     printed = run_command(["pyrovae", "evaluate", str(run)], tmp_path)
     assert "iwae_bound" in printed, printed
 

@@ -290,7 +290,7 @@ class TestScores(Callback):
     def __init__(self, vae, test_split, batch_size: int):
         self.vae, self.data, self.batch_size = vae, (test_split.x, test_split.labels), batch_size
 
-    def on_epoch_end(self, state) -> None:
+    def on_epoch_scored(self, state) -> None:
         x, y = self.data
         with modes(modules_of(self.vae.model, self.vae.guide), False), preserved_rng():
             for name in self.vae.extra_scores(x[:1], y[:1]):

@@ -7,6 +7,9 @@
                     ``state.history`` then holds the epochs already done)
 ``on_epoch_start``  before every epoch's first step (``state.epoch`` is the epoch about to run)
 ``on_step``         after every SVI step (one minibatch of the main data, and one of each extra term)
+``on_epoch_scored`` after every epoch's evaluation, its history row appended but not yet saved: a
+                    callback that adds its own scores to ``state.history[-1]`` does it here, so
+                    that the checkpoint and every ``on_epoch_end`` (metrics.csv) see them
 ``on_epoch_end``    after every epoch, once its history row is appended and its checkpoint written
 ``on_train_end``    once, when training stops: after the last epoch, or when an exception (a
                     divergence, Ctrl-C, a callback's own error) stops it — ``state.error`` says which
@@ -61,7 +64,7 @@ from . import checkpoint as ckpt
 from . import distributed
 
 #: the methods of the protocol, in the order a run calls them
-HOOKS = ("on_train_start", "on_epoch_start", "on_step", "on_epoch_end", "on_train_end")
+HOOKS = ("on_train_start", "on_epoch_start", "on_step", "on_epoch_scored", "on_epoch_end", "on_train_end")
 
 
 class Callback:
@@ -79,6 +82,9 @@ class Callback:
 
     def on_step(self, state) -> None:
         """After every SVI step (``state.loss``, ``state.steps``, ``state.samples_per_second``)."""
+
+    def on_epoch_scored(self, state) -> None:
+        """After every epoch's evaluation, before its checkpoint: add scores to ``state.history[-1]``."""
 
     def on_epoch_end(self, state) -> None:
         """After every epoch: its row is ``state.history[-1]``, its checkpoint written."""

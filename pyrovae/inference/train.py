@@ -351,6 +351,7 @@ class Trainer:
                                            "reconstruction": scores["reconstruction"], "kl": scores["kl"],
                                            "seconds": time.perf_counter() - start, "lr": self.lr,
                                            "samples_per_second": self.samples_per_second})
+                callbacks("on_epoch_scored", self)
                 callbacks("on_epoch_end", self)
         except BaseException as e:
             self.state.error = e
@@ -605,8 +606,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
             :class:`pyrovae.errors.TrainingError` and leaves the last good checkpoint in place.
         callback: called after every epoch with the history so far (a list of rows).
         callbacks: objects with some of ``on_train_start``, ``on_epoch_start``, ``on_step``,
-            ``on_epoch_end``, ``on_train_end``, each called with the :class:`Trainer` (e.g. subclasses of
-            :class:`pyrovae.inference.callbacks.Callback`, whose doc lists what the trainer exposes);
+            ``on_epoch_scored``, ``on_epoch_end``, ``on_train_end``, each called with the
+            :class:`Trainer` (e.g. subclasses of :class:`pyrovae.inference.callbacks.Callback`,
+            whose doc lists what the trainer exposes);
             ``callback`` runs after them, as one more.
         Several processes: with a process group (``torchrun``, :func:`pyrovae.inference.distributed.init_from_env`)
             each rank trains on its shard of every global minibatch of ``batch_size`` and the gradients are
@@ -630,8 +632,9 @@ def train(model, guide, data, *, epochs: int, batch_size: int = RunSettings.batc
     main = distributed.is_main()  # rank 0 (or the only process) shows progress and calls the caller's callbacks
     every_rank = [LRSchedule(optim), KLWarmup(run.kl_warmup), DivergenceStop(saver)]
     on_main = ([ProgressBar()] if progress else []) + user.callbacks if main else []
-    # the checkpoint last: it saves the epoch's history row with what the callbacks added to it
-    return trainer.fit(epochs, Callbacks(every_rank + on_main + ([saver] if saver else [])))
+    # the checkpoint before the caller's loggers: a kill between them leaves metrics.csv behind the
+    # checkpoint, never ahead of it (scores a callback adds come in ``on_epoch_scored``, before both)
+    return trainer.fit(epochs, Callbacks(every_rank + ([saver] if saver else []) + on_main))
 
 
 def _seconds_since(start: float, device: torch.device) -> float:
