@@ -32,10 +32,11 @@ labeled pairs in every step — pyrovae maximises, per step (:meth:`SemiSupervis
 
 α = 0.1 · N_u / N_l (60 for MNIST with 100 labels): the two ELBOs as in J^α (each datapoint once
 an epoch), the classifier's mean over the labeled minibatch weighted α against the unlabeled
-minibatch's mean ELBO — the per-minibatch form of Kingma et al.'s α = 0.1·N. Weighted as in J^α
-instead (the classifier's sum scaled to the N_l pairs: N_l / N_u times less), the
-unlabeled term's pull on q(y|x) outweighs a hundred labels, and the test error rises while
-training goes on. In pyrovae::
+minibatch's mean ELBO. Within a step a labeled pair's log q(y|x) thus weighs what it weighs in J^α
+with Kingma et al.'s α' = 0.1·N on the labeled mean (60 unlabeled U(x) for MNIST with 100
+labels); but the labeled minibatch comes back in every step, so over an epoch it weighs N_u / B_u
+times more (599: 35,940 U(x)). Weighted as in J^α instead, the unlabeled term's pull on q(y|x)
+outweighs a hundred labels, and the test error rises while training goes on. In pyrovae::
 
     pyrovae.train(m2.model, m2.guide, x_unlabeled, elbo="enum", extra=[
         pyrovae.Term(m2.model, m2.guide, (x_labeled, y_labeled)),
