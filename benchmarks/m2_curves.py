@@ -29,15 +29,15 @@ def stamps(times: Path):
 
 def ours(run: Path, times=None, start=None):
     """(minutes, test error) after each epoch of a pyrovae run: wall-clock minutes since ``start``
-    where the watcher's ``times`` saw the row, else the sum of metrics.csv's ``seconds`` (an
-    epoch's steps and evaluation, without the test scores and the checkpoint)."""
+    where the watcher's ``times`` saw the row as the newest, else the sum of metrics.csv's
+    ``seconds`` (an epoch's steps and evaluation, without the test scores and the checkpoint)."""
     minutes, errors, total = [], [], 0.0
     seen = stamps(times) if times else []
     t0 = datetime.datetime.fromisoformat(start) if start else None
     with open(run / "metrics.csv") as f:
         for i, row in enumerate(csv.DictReader(f)):
             total += float(row["seconds"])
-            when = next((t for t, n in seen if n >= i + 1), None)
+            when = next((t for t, n in seen if n == i + 1), None)  # rows seen together: only the last is timed
             minutes.append((when - t0).total_seconds() / 60 if when and t0 else total / 60)
             errors.append(1 - float(row["test_accuracy"]))
     return minutes, errors
