@@ -86,6 +86,30 @@ def test_a_resumed_run_counts_its_epochs_and_steps_from_the_checkpoint(tmp_path)
     assert resumed[:2] == straight
 
 
+def test_scores_added_in_on_epoch_scored_are_in_the_checkpoint_and_seen_by_on_epoch_end(tmp_path):
+    """``on_epoch_scored`` runs after the epoch's row is appended and before its checkpoint: what a
+    callback adds there is saved with the epoch and seen by every ``on_epoch_end`` (the loggers)."""
+    from pyrovae.inference.checkpoint import load_training
+
+    class Score(Callback):
+        def on_epoch_scored(self, state):
+            state.history[-1]["test_score"] = float(state.epoch) / 10
+
+    class SavedAtEpochEnd(Callback):
+        def __init__(self):
+            self.saved, self.seen = [], []
+
+        def on_epoch_end(self, state):
+            self.seen.append(state.history[-1].get("test_score"))
+            self.saved.append(load_training(tmp_path / "checkpoint.pt")["history"][-1].get("test_score"))
+
+    vae, x = tiny_vae_data()
+    watcher = SavedAtEpochEnd()
+    history = fit(vae, x, 2, [watcher, Score()], tmp_path)  # listed after the watcher: still called first
+    assert [row["test_score"] for row in history] == [0.1, 0.2]
+    assert watcher.seen == [0.1, 0.2] and watcher.saved == [0.1, 0.2]
+
+
 def test_on_train_end_is_told_the_error_that_stopped_training_and_every_callback_gets_it(tmp_path):
     class Stop(Callback):
         def on_epoch_end(self, state):
