@@ -7,7 +7,8 @@ pair registers with ``pyro.param``/``pyro.module``; one ``torch.optim.Adam`` upd
 (:class:`pyrovae.inference.optim.OptimizerSettings`: schedule, β1/β2/ε, gradient clipping).
 
 Each epoch appends a row to the returned history (all per datapoint, in nats):
-``epoch``, ``train_elbo`` (mean of the epoch's minibatch ELBOs), ``test_elbo``,
+``epoch``, ``train_elbo`` (mean of the epoch's minibatch values of the objective: the ELBO, the
+k-sample bound under IWAE), ``test_elbo``,
 ``reconstruction`` = E_q[log p(x|z)] and ``kl`` = KL(q(z|x) ‖ p(z)) of that test ELBO (scored on
 ``test_data`` after every epoch; NaN without it — nothing is evaluated that was not asked for),
 ``seconds`` (training and evaluation), ``lr`` (the epoch's learning rate,
