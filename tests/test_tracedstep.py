@@ -273,15 +273,19 @@ def test_a_bad_traced_step_names_the_argument(value):
 
 
 def test_make_fx_records_what_the_traced_step_relies_on():
-    """Conformance with torch.fx's make_fx: parameters and buffers referenced (not copied), in-place
-    updates replayed, the global random generator's draws in the eager order, and Python on a tensor's
-    value refused."""
+    """Conformance with torch.fx's make_fx, as :func:`tracedstep.record` uses it: parameters and
+    buffers referenced (not copied), in-place updates replayed and the global random generator's
+    draws in the eager order even where nothing reads their results, what nothing reads dropped,
+    and Python on a tensor's value refused."""
     weight, buffer = torch.nn.Parameter(torch.randn(3)), torch.zeros(3)
 
     def step(x):
         buffer.add_(1)
+        torch.rand(2)  # a draw nothing reads: it still moves the generator
+        torch.arange(5)  # nothing reads it: dropped
         return (x * weight + torch.randn(3)).sum()
-    graph = make_fx(step)(torch.ones(3))
+    graph = tracedstep.record(step, torch.ones(3))
+    assert "arange" not in graph.code and "add_" in graph.code
     torch.manual_seed(0)
     eager = step(torch.ones(3))
     torch.manual_seed(0)

@@ -100,6 +100,16 @@ def declares_traceable(obj) -> bool:
     return False
 
 
+def record(fn, *tensors) -> torch.fx.GraphModule:
+    """``make_fx(fn)(*tensors)`` without the operations whose results nothing reads (a plate's
+    subsample indices): draws from the random generator and in-place updates (BatchNorm's running
+    statistics) stay, which torch.fx counts as impure."""
+    module = make_fx(fn)(*tensors)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    return module
+
+
 class Graph:
     """One recorded step: ``module(*tensors)`` → :meth:`FastStep.terms`'s tensors; ``checked`` once
     its loss and gradients have matched the fast step's on the same draws; ``params``: the names of
@@ -225,7 +235,7 @@ class TracedStep(Wrapper):
 
         try:
             with preserved(self.modules):  # recording runs the step: its draws and buffer updates undone
-                module = make_fx(step)(*tensors)
+                module = record(step, *tensors)
         except Exception as e:  # data-dependent Python, or an operation make_fx cannot record
             first = str(e).splitlines()[0][:200] if str(e) else ""
             return self._turn_off(f"its step cannot be recorded (Python that depends on tensor values, or an "
