@@ -67,7 +67,11 @@ model is replayed under ``poutine.enum``, which gives m dimensions left of the g
 T_e = logsumexp_m [Σ_{model sites} log p](m, e) − Σ_{guide sites} log q, then as above. In
 ``elbo_parts`` the reconstruction is then Σ_m p(m | x, z, e) log p(x | ·) and the KL the rest;
 a closed-form KL that depends on m cannot stand inside the sum over m, and such a site's
-log p − log q is sampled instead (it is not among :func:`analytic_sites`).
+log p − log q is sampled instead (it is not among :func:`analytic_sites`). So is a latent z
+whose model parents the guide may draw after it (a latent the guide samples after z and the model
+before z, :func:`~pyrovae.inference.traces.out_of_order`): the closed form holds only when z's
+parents in the model are not its descendants in the guide (Burda's q(z1|x) q(z2|z1) for a
+two-layer model p(z2) p(z1|z2): z1's term is sampled, z2's KL stays closed).
 
 An enumerated site (of the guide or the model) must lie in the data plate and no other (one
 variable per datapoint, so the sum is per datapoint), and a site outside the data plate may not
@@ -91,7 +95,7 @@ from .arguments import batch_size_of
 from .pairs import check_pair_on, check_reparameterized
 from .vectorize import particles_agree
 from .traces import (AUXILIARY, GUIDE, KL, OBSERVED, PARTICLES, enum_traces, kl_or_none, log_density, nesting_of,
-                     particle_traces, sample_sites, site_terms, traces)
+                     out_of_order, particle_traces, sample_sites, site_terms, traces)
 
 #: particles × batch rows evaluated at once by the chunked estimators: always on a GPU, and the
 #: most on a CPU (bounds memory).
@@ -220,10 +224,14 @@ def _site_terms(model_trace, guide_trace, layout: _Layout, analytic: bool):
     def per_datapoint(site):
         return term(site, log_density(site))
 
+    unordered = out_of_order(model_sites, guide_sites) if analytic else {}
+
     def closed_form(guide_site, model_site):
-        # an enumerated site's expectation is exact already: Σ_e q(e)(log p − log q) = −KL; and a KL
-        # that depends on a site the model enumerates cannot stand inside the sum over that site
-        kl = kl_or_none(guide_site, model_site) if analytic and guide_site["name"] not in enumerated else None
+        # an enumerated site's expectation is exact already: Σ_e q(e)(log p − log q) = −KL; a KL
+        # that depends on a site the model enumerates cannot stand inside the sum over that site;
+        # nor one whose model parents the guide may draw from it (traces.out_of_order)
+        sampled = guide_site["name"] in enumerated or guide_site["name"] in unordered
+        kl = kl_or_none(guide_site, model_site) if analytic and not sampled else None
         kl = None if kl is None else term(guide_site, kl)
         return None if kl is None or on_model_dims(kl) else kl
 

@@ -193,6 +193,26 @@ def site_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p
             yield AUXILIARY, name, -log_q(site)
 
 
+def out_of_order(model_sites: Dict[str, dict], guide_sites: Dict[str, dict]) -> Dict[str, str]:
+    """Latent sites whose closed-form KL may be wrong, each with a latent that shows why:
+    {z: w} where the guide samples w after z but the model samples w before z.
+
+    Replacing E_q[log p(z|pa(z)) − log q(z|·)] by −E_q[KL(q(z|·) ‖ p(z|pa(z)))] needs z's parents
+    in the model to be none of its descendants in the guide (TraceMeanField_ELBO's condition). A
+    descendant of z in the guide is sampled after z there, a parent in the model before z there,
+    so a z with no such w satisfies it (sufficient, not necessary: w need not be a parent). The
+    two-layer VAE with Burda's q(z1|x) q(z2|z1) gives {"z1": "z2"}.
+    """
+    model_order = {name: i for i, (name, site) in enumerate(model_sites.items()) if not site["is_observed"]}
+    guide_order = [name for name in guide_sites if name in model_order]
+    conflicts = {}
+    for i, z in enumerate(guide_order):
+        later = [w for w in guide_order[i + 1:] if model_order[w] < model_order[z]]
+        if later:
+            conflicts[z] = later[0]
+    return conflicts
+
+
 def elbo_terms(model_sites: Dict[str, dict], guide_sites: Dict[str, dict], log_p, log_q, kl=None):
     """The terms of :func:`site_terms` alone (what they are and their sites dropped): the ELBO's
     summands, in order, for a caller that adds them up."""

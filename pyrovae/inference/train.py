@@ -45,7 +45,8 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .. import checks
-from ..errors import CheckpointError, TrainingError  # noqa: F401 -- TrainingError: what a diverging run raises
+from ..errors import CheckpointError, PairError
+from ..errors import TrainingError  # noqa: F401 -- what a diverging run raises, for callers
 from . import checkpoint as ckpt
 from . import distributed
 from .arguments import ModelArguments, batch_size_of
@@ -61,7 +62,7 @@ from .precision import with_precision
 from .settings import RunSettings, StepSettings
 from .state import modes, modules_of
 from .tracedstep import speed_path, traced_mode, traces_pair
-from .traces import PARTICLES, nesting_of, params_of
+from .traces import PARTICLES, kl_or_none, nesting_of, out_of_order, params_of, sample_sites
 from .vectorize import VerifiedParticles, particles_agree
 
 
@@ -169,6 +170,7 @@ def _objective(pair, data: ModelArguments, batch_size: int, elbo, num_particles:
     traces = check_pair_on(*pair, *args, **kwargs)
     objective = make_elbo(elbo, num_particles, nesting_of(traces), gradient=gradient)
     _refuse_unreparameterized(objective, elbo, gradient, traces[1])
+    _refuse_out_of_order(objective, elbo, *traces)
     return objective, params_of(traces), traces
 
 
@@ -179,6 +181,22 @@ def _refuse_unreparameterized(objective, elbo, gradient: str, guide_trace) -> No
         name = repr(elbo) if isinstance(elbo, str) else type(elbo).__name__
         check_reparameterized(guide_trace, f"elbo={name}" + (f" with gradient={gradient!r}" if gradient != "standard"
                                                               else ""))
+
+
+def _refuse_out_of_order(objective, elbo, model_trace, guide_trace) -> None:
+    """PairError naming the site when the mean-field ELBO would put a closed-form KL at a latent
+    whose model parents the guide may draw after it (:func:`~pyrovae.inference.traces.out_of_order`):
+    that estimate is biased, where Pyro's ``TraceMeanField_ELBO`` only warns."""
+    if not isinstance(objective, (TraceMeanField_ELBO, MeanField_ELBO)):
+        return
+    model_sites, guide_sites = sample_sites(model_trace), sample_sites(guide_trace)
+    for z, w in out_of_order(model_sites, guide_sites).items():
+        if kl_or_none(guide_sites[z], model_sites[z]) is not None:
+            name = repr(elbo) if isinstance(elbo, str) else type(elbo).__name__
+            raise PairError(f"elbo={name} would replace log p − log q at site {z!r} by the closed-form KL, "
+                            f"which is right only if no parent of {z!r} in the model is drawn from it in the "
+                            f"guide; the guide samples {w!r} after {z!r} and the model {w!r} before {z!r}: use "
+                            f"elbo='trace' or 'iwae', or sample the guide's sites in the model's order")
 
 
 @dataclass

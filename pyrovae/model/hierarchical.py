@@ -11,6 +11,8 @@ Guide (``guide(x)``), both layers read from one deterministic path x → h1 → 
     z1_i ~ q_φ(z1 | x_i) = family1(h1(x_i))                 h1 = MLP(flatten(x)), hidden[0]
     z2_i ~ q_φ(z2 | x_i) = family2(h2(μ1(x_i)))             h2 = MLP(μ1), hidden[1]
 
+or, with ``z2_reads="z1"``, Burda et al.'s z2_i ~ q_φ(z2 | z1_i) = family2(h2(z1_i)).
+
 With the defaults the networks are Burda et al.'s: x → 200 → 200 → z1 (100) → 100 → 100 → z2 (50),
 tanh units, and the generative path mirrored (z2 → 100 → 100 → z1, z1 → 200 → 200 → x).
 
@@ -29,6 +31,10 @@ model, would be a descendant of z1 in the guide). With q(z2|z1) that KL estimate
 nats per datapoint. Here q(z1, z2 | x) = q(z1|x) q(z2|x): the same networks, a valid closed form at
 both layers, and a guide that samples z2 before z1, in the model's order.
 
+``z2_reads="z1"`` gives Burda's guide, q(z1|x) q(z2|z1) with z1 drawn first, for the bounds that
+need no closed form (``trace``, ``iwae``): ``analytic_elbo`` then samples z1's term and keeps z2's
+KL (:func:`~pyrovae.inference.traces.out_of_order`), and ``elbo="mean-field"`` refuses the pair.
+
 Shapes: x ``[batch, *input_shape]``; z1 ``[batch, L1]``, z2 ``[batch, L2]`` (a particles dimension
 in front under vectorized particles). ``latent_dim`` is L2: latent plots use the top layer.
 """
@@ -46,13 +52,18 @@ from ..errors import InputError
 from .base import LatentVariableModel
 
 
+#: what q(z2|·) reads: the mean μ1(x) of q(z1|x) (a closed form at both layers) or a draw of z1 (Burda's)
+Z2_READS = ("mu1", "z1")
+
+
 def _sizes(name: str, hidden) -> tuple:
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     return tuple(checks.positive_int(name, h) for h in hidden)
 
 
 class TwoLayerVAE(LatentVariableModel):
-    """A two-stochastic-layer VAE: ``model(x)`` p(z2) p(z1|z2) p(x|z1), ``guide(x)`` q(z1|x) q(z2|x).
+    """A two-stochastic-layer VAE: ``model(x)`` p(z2) p(z1|z2) p(x|z1), ``guide(x)`` q(z1|x) q(z2|x)
+    (or q(z1|x) q(z2|z1), ``z2_reads="z1"``).
 
     Args:
         input_shape: an int (flat data) or a tuple such as ``(28, 28)``; x is ``[batch, *input_shape]``.
@@ -66,6 +77,10 @@ class TwoLayerVAE(LatentVariableModel):
             names or family objects; ``guide_options`` apply to a name. The middle layer's KL has a
             closed form only with ``diagonal`` for q(z1|x).
         activation: of every hidden layer (Burda et al.: tanh).
+        z2_reads: ``"mu1"`` (the default), q(z2|x) = family2(h2(μ1(x))), or ``"z1"``, Burda et al.'s
+            q(z2|z1) = family2(h2(z1)) with z1 ~ q(z1|x) drawn first. With ``"z1"`` z1's KL has no
+            closed form (module docstring): train it with ``trace`` or ``iwae``; ``analytic_elbo``
+            then samples z1's term and keeps z2's closed form.
         num_data: if given, the data plate has this size and a minibatch's log-densities are
             scaled by ``num_data / batch``.
     """
@@ -76,7 +91,11 @@ class TwoLayerVAE(LatentVariableModel):
     def __init__(self, input_shape: Union[int, Sequence[int]], latent_dims: Sequence[int] = (100, 50), *,
                  hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100)), prior="normal", likelihood="bernoulli",
                  guide="diagonal", activation: str = "tanh", prior_options=None, likelihood_options=None,
-                 guide_options=None, num_data: Optional[int] = None):
+                 guide_options=None, z2_reads: str = "mu1", num_data: Optional[int] = None):
+        if z2_reads not in Z2_READS:
+            raise InputError(f"z2_reads must be one of {', '.join(map(repr, Z2_READS))} (what q(z2|·) reads), "
+                             f"got {z2_reads!r}")
+        self.z2_reads = z2_reads
         dims = tuple(latent_dims) if isinstance(latent_dims, (tuple, list)) else ()
         if len(dims) != 2:
             raise InputError(f"latent_dims must be a pair (L1, L2) of positive ints, got {latent_dims!r}")
@@ -116,7 +135,8 @@ class TwoLayerVAE(LatentVariableModel):
 
     def posterior(self, x: torch.Tensor, layer: int = 2):
         """q_φ(z2|x) (``layer=2``, the default) or q_φ(z1|x) (``layer=1``): batch_shape
-        ``x.shape[:-len(input_shape)]``, event [L2] or [L1]."""
+        ``x.shape[:-len(input_shape)]``, event [L2] or [L1]. Under ``z2_reads="z1"`` the layer-2
+        distribution is q(z2 | z1 = μ1(x)), at z1's mean (q(z2|x) is then a mixture without a density)."""
         q1 = self._q1_params(x)
         if layer == 1:
             return self.family1.distribution(**q1)
@@ -149,13 +169,18 @@ class TwoLayerVAE(LatentVariableModel):
             pyro.sample("x", self.likelihood_of(z1), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """q(z2|x) q(z1|x), sampled in the model's order, both by reparameterization."""
+        """q(z2|x) q(z1|x), sampled in the model's order (``z2_reads="mu1"``), or q(z1|x) q(z2|z1)
+        (``"z1"``), both by reparameterization."""
         self._validate(x)
         self._register_encoders()
         with self._plate(x):
             q1 = self._q1_params(x)
-            pyro.sample("z2", self.family2(self.encoder2(q1["loc"])))
-            pyro.sample("z1", self.family1.distribution(**q1))
+            if self.z2_reads == "z1":
+                z1 = pyro.sample("z1", self.family1.distribution(**q1))
+                pyro.sample("z2", self.family2(self.encoder2(z1)))
+            else:
+                pyro.sample("z2", self.family2(self.encoder2(q1["loc"])))
+                pyro.sample("z1", self.family1.distribution(**q1))
 
     def _register_encoders(self):
         for name in ("encoder1", "family1", "encoder2", "family2"):
@@ -203,6 +228,7 @@ class TwoLayerVAE(LatentVariableModel):
             "p(z1|z2) = N(μ_θ(z2), diag σ²_θ(z2))",
             f"p(x|z1)  = {self.likelihood.describe().replace('(z)', '(z1)')}",
             f"q(z1|x)  = {self.family1.describe()}",
-            f"q(z2|x)  = {self.family2.describe().replace('(x)', '(μ1(x))')}",
+            f"q(z2|{'z1' if self.z2_reads == 'z1' else 'x'}){'' if self.z2_reads == 'z1' else ' '} = "
+            f"{self.family2.describe().replace('(x)', '(z1)' if self.z2_reads == 'z1' else '(μ1(x))')}",
             f"x ∈ R^{'×'.join(map(str, self.input_shape))}, z1 ∈ R^{L1}, z2 ∈ R^{L2}",
         ])
