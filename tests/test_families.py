@@ -422,6 +422,8 @@ def test_a_config_builds_each_family_and_the_two_layer_vae_keeps_burdas_sizes():
     assert model.latent_dims == (100, 50) and type(model).__name__ == "TwoLayerVAE"
     cfg = config.validate({"model": {"family": "2layer", "family_options": {"latent_dims": [8, 4], "hidden": [[16], [8]]}}})
     assert run.build_model(cfg, (28, 28)).latent_dims == (8, 4)
+    cfg = config.validate({"model": {"family": "2layer", "family_options": {"z2_reads": "z1"}}})
+    assert run.build_model(cfg, (28, 28)).z2_reads == "z1"
     cfg = config.validate({"model": {"family": "cvae", "latent_dim": 5, "hidden": [32]}})
     cvae = run.build_model(cfg, (28, 28), num_classes=10)
     assert (cvae.latent_dim, cvae.num_classes) == (5, 10)
