@@ -223,12 +223,12 @@ class TwoLayerVAE(LatentVariableModel):
     def describe(self) -> str:
         """The model in the lecture notes' notation."""
         L1, L2 = self.latent_dims
+        given, reads = ("z1", "(z1)") if self.z2_reads == "z1" else ("x", "(μ1(x))")
         return "\n".join([
             f"p(z2)    = {self.prior.describe()}",
             "p(z1|z2) = N(μ_θ(z2), diag σ²_θ(z2))",
             f"p(x|z1)  = {self.likelihood.describe().replace('(z)', '(z1)')}",
             f"q(z1|x)  = {self.family1.describe()}",
-            f"q(z2|{'z1' if self.z2_reads == 'z1' else 'x'}){'' if self.z2_reads == 'z1' else ' '} = "
-            f"{self.family2.describe().replace('(x)', '(z1)' if self.z2_reads == 'z1' else '(μ1(x))')}",
+            f"{f'q(z2|{given})':9}= {self.family2.describe().replace('(x)', reads)}",
             f"x ∈ R^{'×'.join(map(str, self.input_shape))}, z1 ∈ R^{L1}, z2 ∈ R^{L2}",
         ])
