@@ -40,8 +40,11 @@ hand-written PyTorch loop of the same network in the same process, side by side 
 (:class:`TutorialVAE`), ``elbo="mean-field"``, batch 256, a tensor of the 60,000 MNIST training
 images (grey levels, no test set, the progress bar on as by default, written to /dev/null), for
 1 and 3 epochs (``--epochs``); ``--repeats`` alternating rounds, each starting with a fresh model
-from the same seed, medians of the wall-clock seconds, the ratio hand-written ÷ pyrovae (> 1:
-pyrovae's call is the faster). Then a breakdown of one 1-epoch call under ``cProfile``: the
+from the round's seed: medians of the wall-clock seconds and the ratio hand-written ÷ pyrovae (> 1:
+pyrovae's call is the faster); the same ratio round by round (median, lowest, highest: how far one
+round's draw of the host's speed moves it); and, from the time at the end of each step, what
+separates the calls: the seconds to the end of the first step (construction, checks) and the
+median of the later steps. Then a breakdown of one 1-epoch call under ``cProfile``: the
 seconds (cumulative, profiler overhead included) of what it does beyond the steps — the pair
 check, the validated first step, the fast step's reference check, the per-epoch evaluation, the
 divergence monitor, the progress bar — beside the steps themselves::
@@ -62,6 +65,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Optional
 
 import pyro
 import pyro.distributions as dist
@@ -73,7 +77,7 @@ from tqdm.auto import tqdm
 
 import pyrovae
 from pyrovae.data import load_dataset
-from pyrovae.inference.callbacks import Callbacks, ProgressBar
+from pyrovae.inference.callbacks import Callback, Callbacks, ProgressBar
 from pyrovae.inference.train import Trainer
 
 LATENT, HIDDEN = 50, 400
@@ -241,8 +245,9 @@ def measure(pair, objective, batch, data, repeats, sink):
     return alternate(runs, len(data), repeats)
 
 
-def hand_written_call(x, epochs: int, batch: int, seed: int) -> None:
-    """The whole hand-written run: a fresh network, torch's Adam, shuffled minibatches, −ELBO × N/B."""
+def hand_written_call(x, epochs: int, batch: int, seed: int, clock: Optional[list] = None) -> None:
+    """The whole hand-written run: a fresh network, torch's Adam, shuffled minibatches, −ELBO × N/B.
+    ``clock``: the time at the end of every step is appended to it."""
     torch.manual_seed(seed)
     vae = TutorialVAE()
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
@@ -253,15 +258,30 @@ def hand_written_call(x, epochs: int, batch: int, seed: int) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if clock is not None:
+                clock.append(time.perf_counter())
 
 
-def pyrovae_call(x, epochs: int, batch: int, seed: int) -> None:
-    """The whole ``pyrovae.train`` call a user writes for the same network (progress bar to /dev/null)."""
+class StepClock(Callback):
+    """The time at the end of every step, appended to ``times`` (as :func:`hand_written_call` does)."""
+
+    def __init__(self, times: list):
+        self.times = times
+
+    def on_step(self, state) -> None:
+        self.times.append(time.perf_counter())
+
+
+def pyrovae_call(x, epochs: int, batch: int, seed: int, clock: Optional[list] = None) -> None:
+    """The whole ``pyrovae.train`` call a user writes for the same network (progress bar to /dev/null).
+    ``clock``: the time at the end of every step is appended to it (a :class:`StepClock` callback)."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
     vae = TutorialVAE()
+    callbacks = [] if clock is None else [StepClock(clock)]
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-        pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3)
+        pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3,
+                      callbacks=callbacks)
 
 
 def _parts():
@@ -319,22 +339,40 @@ def breakdown(x, batch: int) -> None:
         print(f"{label:<44}{value:>9.3f} s{value / step:>9.1f} steps")
 
 
+def race(x, epochs: int, batch: int, repeats: int) -> dict:
+    """``repeats`` rounds of one whole call of each (pyrovae first in even rounds, the hand-written
+    loop first in odd ones, a fresh model from seed r in round r): name → a row per call of
+    (seconds from start to return, seconds to the end of the first step, median seconds of a later step)."""
+    runs = {"pyrovae": pyrovae_call, "hand": hand_written_call}
+    calls = {name: [] for name in runs}
+    for r in range(repeats):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            clock, start = [], time.perf_counter()
+            runs[name](x, epochs, batch, r, clock)
+            later = [b - a for a, b in zip(clock, clock[1:])]
+            calls[name].append((time.perf_counter() - start, clock[0] - start, statistics.median(later)))
+    return calls
+
+
 def whole_call(args) -> None:
     x = load_dataset("mnist", "train").x[:args.subset]
     print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
           f"pyro {pyro.__version__}; user's pair, mean-field, batch {args.whole_batch}, {len(x)} MNIST images, "
-          f"no test set; median wall-clock seconds of {args.repeats} alternating whole calls")
-    print(f"{'epochs':>6}{'pyrovae.train':>16}{'hand-written':>16}{'ratio':>8}", flush=True)
+          f"no test set; {args.repeats} alternating whole calls of each: medians of the wall-clock seconds, "
+          "the ratio hand-written ÷ pyrovae of the medians and, round by round, of the two calls of each "
+          "round (median [lowest, highest]); inside the calls: the seconds to the end of the first step and "
+          "the median later step (ms) of each, and the ratio of those steps")
+    print(f"{'epochs':>6}{'pyrovae.train':>16}{'hand-written':>16}{'ratio':>8}{'round by round':>24}"
+          f"{'first step':>16}{'later step':>18}{'ratio':>8}", flush=True)
     for epochs in args.epochs:
-        runs = {"pyrovae": pyrovae_call, "hand": hand_written_call}
-        seconds = {name: [] for name in runs}
-        for r in range(args.repeats):
-            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-                start = time.perf_counter()
-                runs[name](x, epochs, args.whole_batch, r)
-                seconds[name].append(time.perf_counter() - start)
-        ours, hand = (statistics.median(seconds[n]) for n in ("pyrovae", "hand"))
-        print(f"{epochs:>6}{ours:>14.2f} s{hand:>14.2f} s{hand / ours:>8.3f}", flush=True)
+        calls = race(x, epochs, args.whole_batch, args.repeats)
+        (ours, ours_first, ours_step), (hand, hand_first, hand_step) = (
+            [statistics.median(column) for column in zip(*calls[n])] for n in ("pyrovae", "hand"))
+        rounds = sorted(h[0] / p[0] for p, h in zip(calls["pyrovae"], calls["hand"]))
+        print(f"{epochs:>6}{ours:>14.2f} s{hand:>14.2f} s{hand / ours:>8.3f}"
+              f"{statistics.median(rounds):>9.3f} [{rounds[0]:.3f}, {rounds[-1]:.3f}]"
+              f"{ours_first * 1e3:>7.0f}, {hand_first * 1e3:.0f} ms{ours_step * 1e3:>8.2f}, {hand_step * 1e3:.2f} ms"
+              f"{hand_step / ours_step:>8.3f}", flush=True)
     breakdown(x, args.whole_batch)
 
 

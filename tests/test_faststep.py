@@ -374,3 +374,23 @@ def test_a_fast_step_that_raises_gives_the_step_to_pyro(monkeypatch):
         fast, state = steps(lambda: vae_pair(), Trace_ELBO, fast=True)
     assert state == "off"
     assert_same(fast, steps(lambda: vae_pair(), Trace_ELBO, fast=False)[0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_check_compares_gradients_as_torch_allclose_does(seed):
+    """faststep.close is torch.allclose(rtol=tol, atol=tol·max|ref|): the same verdict on values at,
+    inside and beyond the bound (element by element), and False at a NaN or an infinity."""
+    torch.manual_seed(seed)
+    tol, ref = 1e-6, torch.randn(40, 30)
+    bound = tol * (ref.abs() + ref.abs().max())
+    for factor in (0.0, 0.5, 0.99, 1.01, 2.0):
+        for value in (ref + factor * bound, ref - factor * bound * torch.rand_like(ref).round()):
+            expected = torch.allclose(value, ref, rtol=tol, atol=tol * float(ref.abs().max()))
+            assert faststep.close(value, ref, tol) == expected
+        if factor in (0.0, 0.5, 2.0):  # away from the bound by more than float32 rounding
+            assert faststep.close(ref + factor * bound, ref, tol) == (factor <= 1.0)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        value = ref.clone()
+        value[3, 4] = bad
+        assert not faststep.close(value, ref, tol)
+    assert faststep.close(torch.zeros(0), torch.zeros(0), tol)

