@@ -39,15 +39,17 @@ loop always follows the same one.
 hand-written PyTorch loop of the same network in the same process, side by side — the user's pair
 (:class:`TutorialVAE`), ``elbo="mean-field"``, batch 256, a tensor of the 60,000 MNIST training
 images (grey levels, no test set, the progress bar on as by default, written to /dev/null), for
-1 and 3 epochs (``--epochs``); ``--repeats`` alternating rounds, each starting with a fresh model
-from the round's seed: medians of the wall-clock seconds and the ratio hand-written ÷ pyrovae (> 1:
-pyrovae's call is the faster); the same ratio round by round (median, lowest, highest: how far one
-round's draw of the host's speed moves it); and, from the time at the end of each step, what
-separates the calls: the seconds to the end of the first step (construction, checks) and the
-median of the later steps. Then a breakdown of one 1-epoch call under ``cProfile``: the
-seconds (cumulative, profiler overhead included) of what it does beyond the steps — the pair
-check, the validated first step, the fast step's reference check, the per-epoch evaluation, the
-divergence monitor, the progress bar — beside the steps themselves::
+1 and 3 epochs (``--epochs``), and beside them the same call with the traced step asked for
+(``step=StepSettings(traced_step="on")``: what a user's pair gains without Pyro's runtime at each
+step; not the default for a user's pair); ``--repeats`` rounds of one call of each, each round
+starting one later and each call with a fresh model from the round's seed: medians of the
+wall-clock seconds and the ratio hand-written ÷ pyrovae (> 1: pyrovae's call is the faster); the
+same ratio round by round (median, lowest, highest: how far one round's draw of the host's speed
+moves it); and, from the time at the end of each step, what separates the calls: the seconds to
+the end of the first step (construction, checks) and the median of the later steps. Then a
+breakdown of one 1-epoch call, each part timed by a wrapper around it: the seconds of what it
+does beyond the steps — the pair check, the validated first step, the fast step's reference
+check, the per-epoch evaluation, the divergence monitor, the progress bar — beside the steps::
 
     python benchmarks/train_throughput.py --whole-call [--epochs 1 3] [--repeats 5] [--threads 2]
 
@@ -272,16 +274,24 @@ class StepClock(Callback):
         self.times.append(time.perf_counter())
 
 
-def pyrovae_call(x, epochs: int, batch: int, seed: int, clock: Optional[list] = None) -> None:
+def pyrovae_call(x, epochs: int, batch: int, seed: int, clock: Optional[list] = None, traced: str = "auto") -> None:
     """The whole ``pyrovae.train`` call a user writes for the same network (progress bar to /dev/null).
-    ``clock``: the time at the end of every step is appended to it (a :class:`StepClock` callback)."""
+    ``clock``: the time at the end of every step is appended to it (a :class:`StepClock` callback);
+    ``traced="on"``: the call as a user who asks for the traced step writes it."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
     vae = TutorialVAE()
     callbacks = [] if clock is None else [StepClock(clock)]
+    step = None if traced == "auto" else pyrovae.StepSettings(traced_step=traced)
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         pyrovae.train(vae.model, vae.guide, x, epochs=epochs, batch_size=batch, elbo="mean-field", lr=1e-3,
-                      callbacks=callbacks)
+                      callbacks=callbacks, step=step)
+
+
+def pyrovae_traced_call(x, epochs: int, batch: int, seed: int, clock: Optional[list] = None) -> None:
+    """:func:`pyrovae_call` with ``step=StepSettings(traced_step="on")``: the user's pair recorded once
+    and replayed, without Pyro's runtime at every step (not the default for a user's pair)."""
+    pyrovae_call(x, epochs, batch, seed, clock, traced="on")
 
 
 def _parts():
@@ -339,16 +349,21 @@ def breakdown(x, batch: int) -> None:
         print(f"{label:<44}{value:>9.3f} s{value / step:>9.1f} steps")
 
 
+#: the calls of the whole-call race: label → function; the first is the default call, the last the baseline
+WHOLE_CALLS = {"pyrovae.train": pyrovae_call, "pyrovae.train, traced (opt-in)": pyrovae_traced_call,
+               "hand-written": hand_written_call}
+
+
 def race(x, epochs: int, batch: int, repeats: int) -> dict:
-    """``repeats`` rounds of one whole call of each (pyrovae first in even rounds, the hand-written
-    loop first in odd ones, a fresh model from seed r in round r): name → a row per call of
-    (seconds from start to return, seconds to the end of the first step, median seconds of a later step)."""
-    runs = {"pyrovae": pyrovae_call, "hand": hand_written_call}
-    calls = {name: [] for name in runs}
+    """``repeats`` rounds of one whole call of each of :data:`WHOLE_CALLS`, each round starting one
+    later (a fresh model from seed r in round r): label → a row per call of (seconds from start to
+    return, seconds to the end of the first step, median seconds of a later step)."""
+    names = list(WHOLE_CALLS)
+    calls = {name: [] for name in names}
     for r in range(repeats):
-        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             clock, start = [], time.perf_counter()
-            runs[name](x, epochs, batch, r, clock)
+            WHOLE_CALLS[name](x, epochs, batch, r, clock)
             later = [b - a for a, b in zip(clock, clock[1:])]
             calls[name].append((time.perf_counter() - start, clock[0] - start, statistics.median(later)))
     return calls
@@ -357,22 +372,23 @@ def race(x, epochs: int, batch: int, repeats: int) -> dict:
 def whole_call(args) -> None:
     x = load_dataset("mnist", "train").x[:args.subset]
     print(f"# {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, "
-          f"pyro {pyro.__version__}; user's pair, mean-field, batch {args.whole_batch}, {len(x)} MNIST images, "
-          f"no test set; {args.repeats} alternating whole calls of each: medians of the wall-clock seconds, "
-          "the ratio hand-written ÷ pyrovae of the medians and, round by round, of the two calls of each "
-          "round (median [lowest, highest]); inside the calls: the seconds to the end of the first step and "
-          "the median later step (ms) of each, and the ratio of those steps")
-    print(f"{'epochs':>6}{'pyrovae.train':>16}{'hand-written':>16}{'ratio':>8}{'round by round':>24}"
-          f"{'first step':>16}{'later step':>18}{'ratio':>8}", flush=True)
+          f"pyro {pyro.__version__}; user's pair, mean-field, batch {args.whole_batch}, {len(x)} MNIST images "
+          f"(grey levels), no test set; {args.repeats} rounds of one whole call of each: the median wall-clock "
+          "seconds and the ratio hand-written ÷ this call of the medians; the same ratio round by round (median "
+          "[lowest, highest]); inside the calls, the median seconds to the end of the first step and of a "
+          "later step, and the ratio of the later steps")
+    print(f"{'epochs':>6}  {'call':<32}{'seconds':>9}{'ratio':>8}{'round by round':>25}{'first step':>12}"
+          f"{'later step':>12}{'ratio':>7}", flush=True)
+    baseline = list(WHOLE_CALLS)[-1]
     for epochs in args.epochs:
         calls = race(x, epochs, args.whole_batch, args.repeats)
-        (ours, ours_first, ours_step), (hand, hand_first, hand_step) = (
-            [statistics.median(column) for column in zip(*calls[n])] for n in ("pyrovae", "hand"))
-        rounds = sorted(h[0] / p[0] for p, h in zip(calls["pyrovae"], calls["hand"]))
-        print(f"{epochs:>6}{ours:>14.2f} s{hand:>14.2f} s{hand / ours:>8.3f}"
-              f"{statistics.median(rounds):>9.3f} [{rounds[0]:.3f}, {rounds[-1]:.3f}]"
-              f"{ours_first * 1e3:>7.0f}, {hand_first * 1e3:.0f} ms{ours_step * 1e3:>8.2f}, {hand_step * 1e3:.2f} ms"
-              f"{hand_step / ours_step:>8.3f}", flush=True)
+        medians = {name: [statistics.median(column) for column in zip(*rows)] for name, rows in calls.items()}
+        hand, _, hand_step = medians[baseline]
+        for name, (seconds, first, step) in medians.items():
+            rounds = sorted(h[0] / c[0] for c, h in zip(calls[name], calls[baseline]))
+            spread = f"{statistics.median(rounds):.3f} [{rounds[0]:.3f}, {rounds[-1]:.3f}]" if name != baseline else ""
+            print(f"{epochs:>6}  {name:<32}{seconds:>7.2f} s{hand / seconds:>8.3f}{spread:>25}{first * 1e3:>9.0f} ms"
+                  f"{step * 1e3:>9.2f} ms{hand_step / step:>7.3f}", flush=True)
     breakdown(x, args.whole_batch)
 
 
