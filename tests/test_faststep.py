@@ -376,12 +376,13 @@ def test_a_fast_step_that_raises_gives_the_step_to_pyro(monkeypatch):
     assert_same(fast, steps(lambda: vae_pair(), Trace_ELBO, fast=False)[0])
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_the_check_compares_gradients_as_torch_allclose_does(seed):
+@pytest.mark.parametrize("shape", [(40, 30), (3 * faststep.BLOCK + 5,)])  # one block, and four
+@pytest.mark.parametrize("seed", range(3))
+def test_the_check_compares_gradients_as_torch_allclose_does(seed, shape):
     """faststep.close is torch.allclose(rtol=tol, atol=tol·max|ref|): the same verdict on values at,
-    inside and beyond the bound (element by element), and False at a NaN or an infinity."""
+    inside and beyond the bound (element by element), and False at a NaN or an infinity anywhere."""
     torch.manual_seed(seed)
-    tol, ref = 1e-6, torch.randn(40, 30)
+    tol, ref = 1e-6, torch.randn(shape)
     bound = tol * (ref.abs() + ref.abs().max())
     for factor in (0.0, 0.5, 0.99, 1.01, 2.0):
         for value in (ref + factor * bound, ref - factor * bound * torch.rand_like(ref).round()):
@@ -390,7 +391,8 @@ def test_the_check_compares_gradients_as_torch_allclose_does(seed):
         if factor in (0.0, 0.5, 2.0):  # away from the bound by more than float32 rounding
             assert faststep.close(ref + factor * bound, ref, tol) == (factor <= 1.0)
     for bad in (float("nan"), float("inf"), -float("inf")):
-        value = ref.clone()
-        value[3, 4] = bad
-        assert not faststep.close(value, ref, tol)
+        for where in (0, ref.numel() - 1):
+            value = ref.clone()
+            value.view(-1)[where] = bad
+            assert not faststep.close(value, ref, tol)
     assert faststep.close(torch.zeros(0), torch.zeros(0), tol)
